@@ -1,0 +1,5 @@
+import sys
+
+from karmma.cli import main
+
+sys.exit(main())

@@ -1,0 +1,280 @@
+"""Checkpoints: safetensors tensors + JSON metadata, written atomically.
+
+A model checkpoint is a folder::
+
+    model.safetensors   weights
+    model.json          {"format": "karmma-model", "specs", "tasks", "class_names", "model", ...}
+
+A training checkpoint adds ``optimizer.safetensors`` / ``optimizer.json`` and ``state.json``
+(epoch, step, metrics). Checkpoints of a run live in ``RUN/checkpoints/step-XXXXXXXX``; the file
+``RUN/checkpoints/latest.json`` names the newest complete one. Each checkpoint is written into a
+temporary folder, fsynced and renamed, and only then is ``latest.json`` replaced (``os.replace``):
+a process killed at any moment leaves the previous checkpoint usable. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from karmma.config import ModelConfig, model_config_from_json
+from karmma.errors import CheckpointError, ConfigError
+from karmma.faults import fault_point
+from karmma.modalities import ModalitySpec
+from karmma.models.karmma import KARMMA
+
+log = logging.getLogger(__name__)
+
+MODEL_FORMAT = "karmma-model"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def model_metadata(model: KARMMA, class_names: dict[str, list[str]] | None = None, **extra: Any) -> dict:
+    return {
+        "format": MODEL_FORMAT,
+        "version": 1,
+        "specs": [s.to_dict() for s in model.specs],
+        "tasks": model.tasks,
+        "class_names": class_names or {},
+        "model": asdict(model.cfg),
+        **extra,
+    }
+
+
+def _save_model_files(folder: Path, model: KARMMA, meta: dict) -> None:
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    fault_point("checkpoint-write")
+    with open(folder / "model.json", "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+
+
+def save_model(folder: str | Path, model: KARMMA, meta: dict) -> Path:
+    """Atomically write a model checkpoint folder (replacing an existing one)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    _save_model_files(tmp, model, meta)
+    _fsync_dir(tmp)
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old{os.getpid()}")
+        folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(folder)
+    _fsync_dir(folder.parent)
+    return folder
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{idx}.{k}"] = v.detach().contiguous().cpu()
+            else:
+                scalars[f"{idx}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    meta = json.loads((folder / "optimizer.json").read_text())
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    for key, v in meta["scalars"].items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_training_checkpoint(
+    run_dir: str | Path,
+    model: KARMMA,
+    optimizer: torch.optim.Optimizer,
+    meta: dict,
+    state: dict,
+    keep: int = 2,
+) -> Path:
+    """Write ``RUN/checkpoints/step-N`` atomically, point ``latest.json`` at it, prune old ones."""
+    ckdir = Path(run_dir) / "checkpoints"
+    ckdir.mkdir(parents=True, exist_ok=True)
+    name = f"step-{state['global_step']:08d}"
+    tmp = ckdir / f".tmp-{name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    _save_model_files(tmp, model, meta)
+    tensors, opt_meta = _optimizer_tensors(optimizer)
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
+    (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(tmp)
+    final = ckdir / name
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    _fsync_dir(ckdir)
+    fault_point("checkpoint-pointer")
+    write_json_atomic(ckdir / "latest.json", {"checkpoint": name, "global_step": state["global_step"]})
+    steps = sorted(p for p in ckdir.glob("step-*") if p.is_dir())
+    for old in steps[:-keep]:
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+    for stale in ckdir.glob(".tmp-*"):
+        if stale != tmp:
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run, or None if it has none."""
+    ckdir = Path(run_dir) / "checkpoints"
+    pointer = ckdir / "latest.json"
+    if not pointer.is_file():
+        return None
+    try:
+        name = json.loads(pointer.read_text())["checkpoint"]
+    except (json.JSONDecodeError, KeyError) as e:
+        raise CheckpointError(f"{pointer} is corrupt ({e}); delete it to start over, or point it at a step-* folder") from e
+    path = ckdir / name
+    if not (path / "model.safetensors").is_file():
+        raise CheckpointError(f"{pointer} names {path}, which is missing or incomplete")
+    return path
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A model folder from a model folder, a checkpoint folder or a run folder."""
+    path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return path
+    if (path / "final" / "model.safetensors").is_file():
+        return path / "final"
+    latest = latest_checkpoint(path) if path.is_dir() else None
+    if latest is not None:
+        return latest
+    raise CheckpointError(
+        f"{path}: no model found (expected model.safetensors + model.json, a run folder with final/, "
+        "or checkpoints/latest.json); train one with `karmma train`"
+    )
+
+
+def read_model_meta(folder: Path) -> dict:
+    meta_path = folder / "model.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{meta_path} is missing; the checkpoint is incomplete") from e
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{meta_path} is not valid JSON ({e}); the checkpoint is corrupt") from e
+    if meta.get("format") != MODEL_FORMAT:
+        raise CheckpointError(f"{meta_path}: not a karmma model (format={meta.get('format')!r})")
+    return meta
+
+
+def load_model(path: str | Path, expect: dict | None = None) -> tuple[KARMMA, dict]:
+    """Load a model (weights via safetensors only) and its metadata.
+
+    ``expect`` may hold ``specs``/``tasks``/``model`` entries the checkpoint must match; a
+    mismatch (a checkpoint of another architecture) raises :class:`CheckpointError`.
+    """
+    folder = resolve_model_dir(path)
+    meta = read_model_meta(folder)
+    try:
+        specs = [ModalitySpec(**d) for d in meta["specs"]]
+        cfg = model_config_from_json(meta["model"], f"{folder}/model.json:model")
+        model = KARMMA(specs, meta["tasks"], cfg)
+    except (KeyError, TypeError, ConfigError) as e:
+        raise CheckpointError(f"{folder}/model.json: incomplete or invalid model description ({e})") from e
+    if expect:
+        check_compatible(meta, expect, str(folder))
+    try:
+        state = load_file(str(folder / "model.safetensors"))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{folder}/model.safetensors is unreadable ({e}); the checkpoint is corrupt") from e
+    _load_state(model, state, str(folder))
+    return model, meta
+
+
+def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            part
+            for part in (
+                f"missing {missing[:3]}" if missing else "",
+                f"unexpected {unexpected[:3]}" if unexpected else "",
+                f"shape mismatch {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in wrong[:3]]}" if wrong else "",
+            )
+            if part
+        )
+        raise CheckpointError(f"{where}: weights do not fit the architecture in model.json ({detail})")
+    model.load_state_dict(state)
+
+
+def check_compatible(meta: dict, expect: dict, where: str) -> None:
+    for key in ("specs", "tasks", "model"):
+        if key in expect and json.dumps(meta.get(key), sort_keys=True) != json.dumps(expect[key], sort_keys=True):
+            raise CheckpointError(
+                f"{where}: checkpoint of another architecture: its {key} is {meta.get(key)}, this run "
+                f"needs {expect[key]}; resume with the config it was trained with, or use a new run folder"
+            )
+
+
+def load_training_checkpoint(folder: Path, model: KARMMA, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore model and optimizer from a training checkpoint; returns its ``state.json``."""
+    meta = read_model_meta(folder)
+    check_compatible(meta, {"specs": [s.to_dict() for s in model.specs], "tasks": model.tasks, "model": asdict(model.cfg)}, str(folder))
+    try:
+        _load_state(model, load_file(str(folder / "model.safetensors")), str(folder))
+        _load_optimizer(optimizer, folder)
+        return json.loads((folder / "state.json").read_text())
+    except (SafetensorError, OSError, json.JSONDecodeError, KeyError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{folder}: unreadable training checkpoint ({e}); delete it to resume from an older one") from e
+
+
+def model_config_of(meta: dict) -> ModelConfig:
+    return model_config_from_json(meta["model"], "model.json:model")

@@ -1,0 +1,284 @@
+"""The ``karmma`` command line. It prints; the library only logs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from karmma.errors import KarmmaError
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not args.no_progress
+
+
+def _config(args: argparse.Namespace):
+    from karmma.config import load_config
+    from karmma.presets import preset_path
+
+    return load_config(preset_path(args.config), args.set)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from karmma.demo import run_demo
+    from karmma.evaluate import format_dropout_table, format_table, main_metric
+
+    t0 = time.perf_counter()
+    print("karmma demo: teacher -> student -> baselines -> evaluation on the embedded synthetic data")
+    res = run_demo(args.out, epochs=args.epochs, overrides=args.set, repeats=args.repeats,
+                   progress=_progress(args), resume=not args.no_resume)
+    metric = main_metric(res.tasks)
+    print()
+    print(format_table(res.results, metric))
+    print()
+    print(format_dropout_table(res.results, metric))
+    print()
+    for k, p in res.paths.items():
+        print(f"{k:12s} {p}")
+    print(f"done in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from karmma import distributed
+    from karmma.runs import run_train
+
+    info = distributed.init()
+    cfg = _config(args)
+    res = run_train(cfg, args.run_dir, resume=not args.no_resume, progress=_progress(args))
+    if info.is_main:
+        print(json.dumps(res.history[-1] if res.history else {}, indent=2))
+        print(f"model: {Path(args.run_dir) / 'final'}")
+    distributed.shutdown()
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from karmma import distributed
+    from karmma.runs import run_distill
+
+    info = distributed.init()
+    cfg = _config(args)
+    res = run_distill(cfg, args.teacher, args.run_dir, resume=not args.no_resume, progress=_progress(args))
+    if info.is_main:
+        print(json.dumps(res.history[-1] if res.history else {}, indent=2))
+        print(f"student: {Path(args.run_dir) / 'final'}")
+    distributed.shutdown()
+    return 0
+
+
+def _named(paths: list[str], names: str | None) -> dict[str, str]:
+    labels = names.split(",") if names else [Path(p).name or p for p in paths]
+    if len(labels) != len(paths) or len(set(labels)) != len(labels):
+        raise KarmmaError("--names needs one distinct name per model, comma separated")
+    return dict(zip(labels, paths))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from karmma.evaluate import format_dropout_table, format_table, main_metric, write_results
+    from karmma.runs import run_evaluate
+
+    results, tasks = run_evaluate(_named(args.models, args.names), args.val, args.seed, args.repeats, _progress(args))
+    paths = write_results(results, args.out, tasks)
+    metric = main_metric(tasks)
+    print(format_table(results, metric))
+    print()
+    print(format_dropout_table(results, metric))
+    for k, p in paths.items():
+        print(f"{k:12s} {p}")
+    return 0
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    from karmma.checkpoint import load_model
+    from karmma.cost import cost_table, format_cost_table, write_cost
+
+    models = {name: load_model(path)[0] for name, path in _named(args.models, args.names).items()}
+    table = cost_table(models, repeats=args.repeats, batch_size=args.batch_size)
+    paths = write_cost(table, args.out)
+    print(format_cost_table(table))
+    for k, p in paths.items():
+        print(f"{k:12s} {p}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from karmma.checkpoint import load_model
+    from karmma.export import export_onnx, verify_onnx
+
+    model, meta = load_model(args.model)
+    path = export_onnx(model, meta, args.out)
+    report = verify_onnx(model, path, seed=args.seed)
+    print(f"exported {path}")
+    print("| subset | max abs diff |\n|---|---:|")
+    for subset, diff in report["max_abs_diff"].items():
+        print(f"| {subset} | {diff:.2e} |")
+    ok = report["ok"]
+    print("onnxruntime matches PyTorch on every subset" if ok else f"MISMATCH above tolerance {report['tol']}")
+    return 0 if ok else 1
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from karmma.predict import load_predictor, read_sample
+
+    predictor = load_predictor(args.model)
+    sample = read_sample(args.input, only=args.modalities)
+    out = predictor.predict(sample, topk=args.topk)
+    print(f"modalities used: {', '.join(out['present']) or '-'}   (absent: {', '.join(out['absent']) or '-'})")
+    for task, rows in out["topk"].items():
+        print(f"{task}:")
+        for rank, (cid, name, prob) in enumerate(rows, 1):
+            print(f"  {rank}. {name} (id {cid})  p={prob:.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from karmma.extractors.extract import run_extract
+
+    path = run_extract(args.dataset, args.root, args.out, split=args.split, encoder=args.encoder,
+                       weights=args.weights, resume=not args.no_resume, progress=_progress(args),
+                       on_error=args.on_error, limit=args.limit, workers=args.workers)
+    print(f"feature store: {path}")
+    return 0
+
+
+def cmd_utd(args: argparse.Namespace) -> int:
+    from karmma.benchmark import run_utd_mhad_benchmark
+
+    report = run_utd_mhad_benchmark(args.root, args.out, epochs=args.epochs, progress=_progress(args),
+                                    limit=args.limit, seed=args.seed, repeats=args.repeats)
+    print(report["markdown"])
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from karmma.data.store import store_info
+
+    print(json.dumps(store_info(args.store), indent=2)[:20000])
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from karmma.presets import list_presets, preset_path
+
+    for name in list_presets():
+        print(f"{name:20s} {preset_path(name)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="karmma", description="KARMMA: multimodal distillation robust to missing modalities")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser, config: bool = True) -> None:
+        if config:
+            sp.add_argument("--config", required=True, help="a YAML config or a preset name (see `karmma presets`)")
+            sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. optim.epochs=5")
+        sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    sp = sub.add_parser("demo", help="teacher -> student -> baselines -> evaluation on the embedded data")
+    sp.add_argument("--out", default="runs/demo")
+    sp.add_argument("--epochs", type=int, default=None, help="override the presets' epochs")
+    sp.add_argument("--repeats", type=int, default=3, help="sensor-dropout repeats per rate")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    sp.add_argument("--no-resume", action="store_true", help="start over even if runs exist")
+    sp.add_argument("--no-progress", action="store_true")
+    sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("train", help="stage 1: train a teacher (or baseline) with cross-entropy")
+    common(sp)
+    sp.add_argument("--run-dir", required=True)
+    sp.add_argument("--no-resume", action="store_true")
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("distill", help="stage 2: distil a frozen teacher into a student")
+    common(sp)
+    sp.add_argument("--teacher", required=True, help="teacher run folder or checkpoint")
+    sp.add_argument("--run-dir", required=True)
+    sp.add_argument("--no-resume", action="store_true")
+    sp.set_defaults(func=cmd_distill)
+
+    sp = sub.add_parser("evaluate", help="every modality subset + sensor dropout 0-90%%")
+    common(sp, config=False)
+    sp.add_argument("models", nargs="+", help="run folders or checkpoints")
+    sp.add_argument("--names", help="comma-separated display names")
+    sp.add_argument("--val", help="evaluate on this feature store instead of each model's own val split")
+    sp.add_argument("--out", default="runs/eval")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--repeats", type=int, default=3)
+    sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("cost", help="params, FLOPs, memory, latency per modality subset")
+    sp.add_argument("models", nargs="+")
+    sp.add_argument("--names")
+    sp.add_argument("--out", default="runs/cost")
+    sp.add_argument("--repeats", type=int, default=30)
+    sp.add_argument("--batch-size", type=int, default=1)
+    sp.set_defaults(func=cmd_cost)
+
+    sp = sub.add_parser("export", help="export a model to ONNX (presence mask as an input), verified in onnxruntime")
+    sp.add_argument("model")
+    sp.add_argument("--out", default="student.onnx")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=cmd_export)
+
+    sp = sub.add_parser("predict", help="predict one sample from whatever modalities it has")
+    sp.add_argument("model", help="an .onnx file or a checkpoint/run folder")
+    sp.add_argument("--input", required=True, help=".npz/.safetensors with one (num_tokens, dim) array per available modality")
+    sp.add_argument("--modalities", help="use only these (e.g. rgb+audio)")
+    sp.add_argument("--topk", type=int, default=5)
+    sp.add_argument("--json", help="also write the prediction as JSON here")
+    sp.set_defaults(func=cmd_predict)
+
+    sp = sub.add_parser("extract", help="decode media, compute flow, run frozen encoders, write a feature store")
+    sp.add_argument("dataset", choices=["utd_mhad", "video"], help="utd_mhad: the .mat release; video: a folder of clips + labels.csv")
+    sp.add_argument("--root", required=True)
+    sp.add_argument("--out", required=True, help="the .h5 feature store to write")
+    sp.add_argument("--split", default="all", choices=["all", "train", "test"])
+    sp.add_argument("--encoder", default="pool", choices=["pool", "cnn"], help="pool: parameter-free; cnn: needs --weights")
+    sp.add_argument("--weights", help="folder of pretrained encoder weights (safetensors), for --encoder cnn")
+    sp.add_argument("--on-error", default="raise", choices=["raise", "absent"], help="a corrupt media file: stop, or record the modality absent")
+    sp.add_argument("--limit", type=int, default=None, help="only the first N clips (smoke tests)")
+    sp.add_argument("--workers", type=int, default=1)
+    sp.add_argument("--no-resume", action="store_true")
+    sp.add_argument("--no-progress", action="store_true")
+    sp.set_defaults(func=cmd_extract)
+
+    sp = sub.add_parser("utd-mhad", help="the UTD-MHAD benchmark: teacher, student, baselines, cost")
+    sp.add_argument("--root", default="../shared/data/utd_mhad")
+    sp.add_argument("--out", default="runs/utd_mhad")
+    sp.add_argument("--epochs", type=int, default=None)
+    sp.add_argument("--limit", type=int, default=None)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--repeats", type=int, default=3)
+    sp.add_argument("--no-progress", action="store_true")
+    sp.set_defaults(func=cmd_utd)
+
+    sp = sub.add_parser("info", help="describe a feature store")
+    sp.add_argument("store")
+    sp.set_defaults(func=cmd_info)
+
+    sp = sub.add_parser("presets", help="list the shipped YAML configs")
+    sp.set_defaults(func=cmd_presets)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except KarmmaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""Typed dataclass configs, loaded strictly from YAML (``yaml.safe_load``: no code is ever run).
+
+Unknown keys and wrong types raise :class:`ConfigError` naming the file, the key and the fix.
+Values the paper does not state are marked ``# paper-unknown default`` and listed in
+``docs/paper_to_code.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from karmma.errors import ConfigError
+
+MISSING_STRATEGIES = ("token", "zero", "attn_mask")
+DROPOUT_KINDS = ("none", "independent", "subset")
+
+
+@dataclass
+class ModelConfig:
+    """Fusion model: embedding -> [CLS] + transformer fusion -> multi-head MLP."""
+
+    dim: int = 256  # paper-unknown default: fusion width
+    depth: int = 4  # paper-unknown default: fusion depth (transformer blocks)
+    heads: int = 8  # paper-unknown default
+    mlp_ratio: float = 4.0  # paper-unknown default
+    dropout: float = 0.1  # paper-unknown default: dropout inside the fusion block
+    head_hidden: int = 256  # paper-unknown default: hidden width of each MLP head
+    # How a missing modality is represented: "token" is KARMMA's (learned modality + position
+    # tokens fill its slots); "zero" (zero-filled features) and "attn_mask" (slots masked out of
+    # attention) are the baselines.
+    missing: str = "token"
+    # Which readers' head outputs are averaged: "all" ([CLS] + every modality mean, as in the
+    # paper) or "present" ([CLS] + present modalities only).
+    head_average: str = "all"  # paper-unknown default
+
+    def validate(self) -> None:
+        if self.missing not in MISSING_STRATEGIES:
+            raise ConfigError(f"model.missing={self.missing!r}; choose one of {MISSING_STRATEGIES}")
+        if self.head_average not in ("all", "present"):
+            raise ConfigError(f"model.head_average={self.head_average!r}; choose 'all' or 'present'")
+        if self.dim % self.heads:
+            raise ConfigError(f"model.dim={self.dim} must be divisible by model.heads={self.heads}")
+        if self.dim < 1 or self.depth < 1 or self.head_hidden < 1:
+            raise ConfigError("model.dim, model.depth and model.head_hidden must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
+
+    @classmethod
+    def teacher(cls) -> "ModelConfig":
+        return cls(dim=256, depth=4, heads=8, head_hidden=256)
+
+    @classmethod
+    def student(cls) -> "ModelConfig":
+        # A compact fusion block: half the width keeps well under 50% of the teacher's FLOPs.
+        return cls(dim=128, depth=4, heads=4, head_hidden=128)
+
+
+@dataclass
+class ModalityDropoutConfig:
+    """Whole-modality dropout during training; at least one present modality is always kept."""
+
+    kind: str = "independent"  # "none" | "independent" | "subset"
+    p: float = 0.5  # paper-unknown default: per-modality drop probability ("independent")
+
+    def validate(self) -> None:
+        if self.kind not in DROPOUT_KINDS:
+            raise ConfigError(f"modality_dropout.kind={self.kind!r}; choose one of {DROPOUT_KINDS}")
+        if not 0.0 <= self.p <= 1.0:
+            raise ConfigError(f"modality_dropout.p={self.p} must be in [0, 1]")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up and cosine decay (the paper does not name its optimizer)."""
+
+    epochs: int = 20  # paper-unknown default
+    batch_size: int = 64  # paper-unknown default
+    lr: float = 3e-4  # paper-unknown default
+    weight_decay: float = 0.05  # paper-unknown default
+    warmup_steps: int = 50  # paper-unknown default
+    grad_clip: float = 1.0  # paper-unknown default
+    label_smoothing: float = 0.0
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("optim.epochs and optim.batch_size must be >= 1")
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr={self.lr} must be > 0")
+
+
+@dataclass
+class DistillConfig:
+    """Stage 2: alpha * CE + (1 - alpha) * T^2 * KL(teacher || student), per head."""
+
+    alpha: float = 0.5  # paper-unknown default
+    temperature: float = 4.0  # paper-unknown default
+    cache_teacher_logits: bool = False  # cache the frozen teacher's logits for every subset
+
+    def validate(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"distill.alpha={self.alpha} must be in [0, 1]")
+        if self.temperature <= 0:
+            raise ConfigError(f"distill.temperature={self.temperature} must be > 0")
+
+
+@dataclass
+class SyntheticConfig:
+    """The embedded default dataset (see :mod:`karmma.data.synthetic`)."""
+
+    num_train: int = 3000
+    num_val: int = 1000
+    num_verbs: int = 8
+    num_nouns: int = 12
+    absent_rate: float = 0.1  # fraction of training samples with one genuinely absent modality
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Where features come from: the embedded synthetic generator or feature stores (HDF5)."""
+
+    kind: str = "synthetic"  # "synthetic" | "store"
+    train: str | None = None  # feature store of the training split (kind=store)
+    val: str | None = None  # feature store of the validation split (kind=store)
+    feature_set: str = "teacher"  # which extractor's features to read ("teacher" | "student")
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    num_workers: int = 0
+
+    def validate(self) -> None:
+        if self.kind not in ("synthetic", "store"):
+            raise ConfigError(f"data.kind={self.kind!r}; choose 'synthetic' or 'store'")
+        if self.kind == "store" and not self.train:
+            raise ConfigError("data.kind=store needs data.train: the path of a feature store (.h5)")
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything one ``karmma train`` / ``karmma distill`` run needs."""
+
+    name: str = "experiment"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    modality_dropout: ModalityDropoutConfig = field(default_factory=ModalityDropoutConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    checkpoint_every: int = 0  # also checkpoint every N steps (0: at the end of each epoch only)
+    keep_checkpoints: int = 2
+
+    def validate(self) -> "ExperimentConfig":
+        for part in (self.data, self.model, self.modality_dropout, self.optim, self.distill):
+            part.validate()
+        if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
+            raise ConfigError("checkpoint_every must be >= 0 and keep_checkpoints >= 1")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- strict loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (arg, *_) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got the boolean {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(
+            f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {unknown}; valid keys are {sorted(names)} "
+            "(check the spelling, or remove the key)"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass the path of a YAML config (see configs/)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e}); fix the syntax") from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of config keys")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load an :class:`ExperimentConfig` from YAML, then apply ``key.sub=value`` overrides."""
+    data = load_yaml(path) if path else {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    where = str(path) if path else "config"
+    return from_dict(ExperimentConfig, data, where).validate()
+
+
+def model_config_from_json(data: dict[str, Any], where: str) -> ModelConfig:
+    cfg = from_dict(ModelConfig, data, where)
+    cfg.validate()
+    return cfg
+
+
+def dump_json(obj: Any) -> str:
+    if dataclasses.is_dataclass(obj):
+        obj = dataclasses.asdict(obj)
+    return json.dumps(obj, indent=2, sort_keys=True)

@@ -1,0 +1,221 @@
+"""Per-sample, per-modality token features with an explicit presence mask.
+
+A :class:`FeatureSet` holds, for N samples, one array-like ``(N, num_tokens, dim)`` per modality
+(numpy arrays or lazy h5py datasets), a ``(N, M)`` bool presence mask, and integer labels per
+task. ``get_batch`` reads, validates and collates a batch: absent modalities are zero-filled and
+flagged absent, present ones are checked for shape and NaN/Inf, and a sample with no modality is
+refused — each error names the source file and the sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from karmma.errors import DataError
+from karmma.modalities import ModalitySpec, check_mask
+
+
+@dataclass
+class Batch:
+    ids: list[str]
+    tokens: list[torch.Tensor]  # per modality (B, N_m, D_m), zeros where absent
+    present: torch.Tensor  # (B, M) bool
+    labels: dict[str, torch.Tensor]  # task -> (B,) int64
+    index: torch.Tensor  # (B,) dataset indices
+    teacher_tokens: list[torch.Tensor] | None = None  # distillation: the teacher's own features
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def select(self, rows: torch.Tensor) -> "Batch":
+        """The sub-batch of ``rows`` (a bool mask or index tensor)."""
+        pick = rows.nonzero().flatten() if rows.dtype == torch.bool else rows
+        return Batch(
+            ids=[self.ids[i] for i in pick.tolist()],
+            tokens=[t[pick] for t in self.tokens],
+            present=self.present[pick],
+            labels={k: v[pick] for k, v in self.labels.items()},
+            index=self.index[pick],
+            teacher_tokens=None if self.teacher_tokens is None else [t[pick] for t in self.teacher_tokens],
+        )
+
+
+@dataclass
+class FeatureSet:
+    specs: list[ModalitySpec]
+    features: dict[str, object]  # modality -> array-like (N, n, d)
+    present: np.ndarray  # (N, M) bool
+    labels: dict[str, np.ndarray]  # task -> (N,) int
+    ids: list[str]
+    tasks: dict[str, int]
+    class_names: dict[str, list[str]] = field(default_factory=dict)
+    source: str = "<memory>"
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        names = [s.name for s in self.specs]
+        if sorted(self.features) != sorted(names):
+            raise DataError(
+                f"{self.source}: features for {sorted(self.features)} but specs name {names}; "
+                "every modality needs a feature array (zeros where absent)"
+            )
+        self.present = np.asarray(self.present, dtype=bool)
+        if self.present.shape != (n, len(names)):
+            raise DataError(f"{self.source}: presence mask has shape {self.present.shape}, expected {(n, len(names))}")
+        for s in self.specs:
+            shape = tuple(self.features[s.name].shape)
+            if shape != (n, *s.shape):
+                raise DataError(
+                    f"{self.source}: modality {s.name!r} has features of shape {shape}, expected "
+                    f"{(n, *s.shape)} (N, num_tokens, dim); re-extract it or fix the modality spec"
+                )
+        for task, num in self.tasks.items():
+            if task not in self.labels:
+                raise DataError(f"{self.source}: no labels for task {task!r}")
+            lab = np.asarray(self.labels[task], dtype=np.int64)
+            bad = np.flatnonzero((lab < 0) | (lab >= num))
+            if len(bad):
+                raise DataError(
+                    f"{self.source}: task {task!r} has unknown class id(s) {lab[bad[:5]].tolist()} at "
+                    f"sample(s) {[self.ids[i] for i in bad[:5]]}; valid ids are 0..{num - 1} "
+                    "(check the class list or drop those samples)"
+                )
+            self.labels[task] = lab
+        empty = np.flatnonzero(~self.present.any(1))
+        if len(empty):
+            raise DataError(
+                f"{self.source}: sample(s) {[self.ids[i] for i in empty[:5]]} have no modality present; "
+                "every sample needs at least one modality (drop them from the split)"
+            )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def modality_names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    def _read(self, name: str, idx: np.ndarray) -> np.ndarray:
+        arr = self.features[name]
+        order = np.argsort(idx, kind="stable")
+        sorted_idx = idx[order]
+        uniq, inverse = np.unique(sorted_idx, return_inverse=True)
+        try:
+            data = np.asarray(arr[uniq], dtype=np.float32)
+        except (OSError, KeyError, ValueError, RuntimeError) as e:  # h5py: corrupt chunks
+            raise DataError(
+                f"{self.source}: cannot read modality {name!r} for samples "
+                f"{[self.ids[i] for i in uniq[:5]]} ({e}); the file is corrupt — re-extract it"
+            ) from e
+        out = np.empty((len(idx), *data.shape[1:]), dtype=np.float32)
+        out[order] = data[inverse]
+        return out
+
+    def get_batch(self, idx: Sequence[int] | np.ndarray) -> Batch:
+        idx = np.asarray(idx, dtype=np.int64)
+        present = self.present[idx] if len(idx) else np.zeros((0, len(self.specs)), dtype=bool)
+        tokens = []
+        for m, s in enumerate(self.specs):
+            x = self._read(s.name, idx) if len(idx) else np.zeros((0, *s.shape), np.float32)
+            x[~present[:, m]] = 0.0
+            bad = ~np.isfinite(x).reshape(len(idx), -1).all(1)
+            if bad.any():
+                which = [self.ids[i] for i in idx[bad][:5]]
+                raise DataError(
+                    f"{self.source}: modality {s.name!r} of sample(s) {which} holds NaN/Inf values; "
+                    "re-extract those samples or mark the modality absent"
+                )
+            tokens.append(torch.from_numpy(x))
+        present_t = torch.from_numpy(present.copy())
+        ids = [self.ids[i] for i in idx]
+        if len(idx):
+            check_mask(present_t, ids)
+        return Batch(
+            ids=ids,
+            tokens=tokens,
+            present=present_t,
+            labels={t: torch.from_numpy(self.labels[t][idx]) for t in self.tasks},
+            index=torch.from_numpy(idx),
+        )
+
+    def subset(self, idx: Sequence[int] | np.ndarray) -> "FeatureSet":
+        """An in-memory copy of samples ``idx``."""
+        idx = np.sort(np.asarray(idx, dtype=np.int64))
+        return FeatureSet(
+            specs=self.specs,
+            features={s.name: self._read(s.name, idx) for s in self.specs},
+            present=self.present[idx],
+            labels={t: v[idx] for t, v in self.labels.items()},
+            ids=[self.ids[i] for i in idx],
+            tasks=self.tasks,
+            class_names=self.class_names,
+            source=self.source,
+        )
+
+
+class PairedFeatureSet:
+    """Student features + the teacher's features of the same samples (distillation).
+
+    Presence and labels come from the student's set; both must list the same sample ids.
+    """
+
+    def __init__(self, student: FeatureSet, teacher: FeatureSet) -> None:
+        if student.ids != teacher.ids:
+            raise DataError(
+                f"teacher features ({teacher.source}) and student features ({student.source}) list "
+                "different samples; extract both feature sets from the same split"
+            )
+        if [s.name for s in student.specs] != [s.name for s in teacher.specs]:
+            raise DataError("teacher and student feature sets must have the same modalities, in order")
+        self.student = student
+        self.teacher = teacher
+        self.specs = student.specs
+        self.tasks = student.tasks
+        self.class_names = student.class_names
+        self.ids = student.ids
+        self.present = student.present
+
+    def __len__(self) -> int:
+        return len(self.student)
+
+    def get_batch(self, idx: Sequence[int] | np.ndarray) -> Batch:
+        batch = self.student.get_batch(idx)
+        batch.teacher_tokens = self.teacher.get_batch(idx).tokens
+        return batch
+
+
+def tokens_from_mapping(
+    specs: Sequence[ModalitySpec], sample: Mapping[str, np.ndarray], source: str
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """One sample's available modalities (a name -> array mapping) as a batch of one.
+
+    Modalities not in ``sample`` are absent. Raises :class:`DataError` on unknown modalities,
+    wrong shapes, NaN/Inf or an empty set.
+    """
+    names = [s.name for s in specs]
+    unknown = sorted(set(sample) - set(names))
+    if unknown:
+        raise DataError(f"{source}: unknown modality {unknown}; this model takes {names}")
+    if not sample:
+        raise DataError(f"{source}: no modality given; supply at least one of {names}")
+    tokens, present = [], []
+    for s in specs:
+        if s.name in sample:
+            x = np.asarray(sample[s.name], dtype=np.float32)
+            if x.shape != s.shape:
+                raise DataError(
+                    f"{source}: modality {s.name!r} has shape {x.shape}, expected {s.shape} "
+                    "(num_tokens, dim); extract it with the extractor this model was trained on"
+                )
+            if not np.isfinite(x).all():
+                raise DataError(f"{source}: modality {s.name!r} holds NaN/Inf values")
+            tokens.append(torch.from_numpy(x)[None])
+            present.append(True)
+        else:
+            tokens.append(torch.zeros(1, *s.shape))
+            present.append(False)
+    return tokens, torch.tensor([present])

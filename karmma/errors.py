@@ -1,0 +1,17 @@
+"""Errors a user can act on: each message names the offending file/sample and the fix."""
+
+
+class KarmmaError(Exception):
+    """Base class of every error karmma raises on bad input."""
+
+
+class ConfigError(KarmmaError, ValueError):
+    """A config file or value is invalid (unknown key, wrong type, out of range)."""
+
+
+class DataError(KarmmaError, ValueError):
+    """A data file or sample is missing, corrupt or mis-shaped."""
+
+
+class CheckpointError(KarmmaError, ValueError):
+    """A checkpoint is missing, corrupt, or of another architecture."""

@@ -1,0 +1,169 @@
+"""Evaluation of one model on every non-empty modality subset and under run-time sensor dropout.
+
+* Subsets: each sample's mask is its data presence AND the subset; samples left with no modality
+  (the subset asks only for modalities they lack) are skipped and counted in ``skipped``.
+* Sensor dropout: at rate r each present sensor fails independently with probability r (at least
+  one survives); the masks derive from ``(seed, rate, repeat)`` and are identical for every model
+  evaluated with the same seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from karmma.data.dataset import FeatureSet
+from karmma.metrics import AccuracyMeter
+from karmma.modalities import all_subsets, subset_mask, subset_name
+from karmma.modality_dropout import sensor_dropout_masks
+
+log = logging.getLogger(__name__)
+
+DROPOUT_RATES = tuple(round(0.1 * i, 1) for i in range(10))  # 0%..90%
+
+MaskFn = Callable[[torch.Tensor, np.ndarray], torch.Tensor]
+
+
+@torch.no_grad()
+def run_masked(model: torch.nn.Module, data: FeatureSet, mask_fn: MaskFn, batch_size: int = 256) -> dict[str, float]:
+    """Accuracy of ``model`` with each batch's mask replaced by ``mask_fn(present, rows)``."""
+    model.eval()
+    meter = AccuracyMeter(list(data.tasks))
+    skipped = 0
+    for start in range(0, len(data), batch_size):
+        rows = np.arange(start, min(len(data), start + batch_size))
+        b = data.get_batch(rows)
+        mask = mask_fn(b.present, rows) & b.present
+        ok = mask.any(1)
+        skipped += int((~ok).sum())
+        if not ok.all():
+            b, mask = b.select(ok), mask[ok]
+        if len(b):
+            meter.update(model(b.tokens, mask), b.labels)
+    out = meter.compute()
+    out["skipped"] = float(skipped)
+    return out
+
+
+def evaluate_subsets(
+    model: torch.nn.Module, data: FeatureSet, subsets: Sequence[tuple[str, ...]] | None = None, batch_size: int = 256
+) -> dict[str, dict[str, float]]:
+    names = data.modality_names
+    subsets = subsets or all_subsets(names)
+    return {
+        subset_name(s): run_masked(model, data, lambda p, rows, s=s: subset_mask(s, names, len(p)), batch_size)
+        for s in subsets
+    }
+
+
+def sensor_dropout_seed(seed: int, rate: float, repeat: int) -> int:
+    return seed * 1000 + int(round(rate * 100)) * 10 + repeat
+
+
+def evaluate_sensor_dropout(
+    model: torch.nn.Module,
+    data: FeatureSet,
+    rates: Sequence[float] = DROPOUT_RATES,
+    seed: int = 0,
+    repeats: int = 3,
+    batch_size: int = 256,
+) -> dict[str, dict[str, float]]:
+    """Mean (and std over ``repeats``) accuracy per dropout rate, keyed ``"0.3"`` etc."""
+    all_masks = {}
+    for rate in rates:
+        for r in range(repeats):
+            all_masks[(rate, r)] = sensor_dropout_masks(
+                torch.from_numpy(data.present), rate, sensor_dropout_seed(seed, rate, r)
+            )
+    out = {}
+    for rate in rates:
+        runs = [
+            run_masked(model, data, lambda p, rows, m=all_masks[(rate, r)]: m[rows], batch_size)
+            for r in range(repeats)
+        ]
+        keys = [k for k in runs[0] if k not in ("count", "skipped")]
+        res = {k: float(np.mean([x[k] for x in runs])) for k in keys}
+        res.update({f"{k}_std": float(np.std([x[k] for x in runs])) for k in keys})
+        res["count"] = runs[0]["count"]
+        out[f"{rate:.1f}"] = res
+    return out
+
+
+def evaluate_models(
+    models: dict[str, torch.nn.Module],
+    data: dict[str, FeatureSet],
+    seed: int = 0,
+    repeats: int = 3,
+    rates: Sequence[float] = DROPOUT_RATES,
+    progress: bool = False,
+) -> dict:
+    """Evaluate several models (each on its own feature set ``data[name]``)."""
+    results: dict = {"seed": seed, "repeats": repeats, "models": {}}
+    for name in tqdm(list(models), disable=not progress, desc="evaluate"):
+        model = models[name]
+        results["models"][name] = {
+            "subsets": evaluate_subsets(model, data[name]),
+            "sensor_dropout": evaluate_sensor_dropout(model, data[name], rates, seed, repeats),
+        }
+    return results
+
+
+def main_metric(tasks: Sequence[str]) -> str:
+    return "action_top1" if "action" in tasks else f"{list(tasks)[0]}_top1"
+
+
+def write_results(results: dict, out_dir: str | Path, tasks: Sequence[str]) -> dict[str, Path]:
+    """JSON with everything, CSVs (per subset; per dropout rate) and the paper-style plots."""
+    from karmma.plots import plot_sensor_dropout, plot_subsets
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "subsets_csv": out / "subsets.csv", "dropout_csv": out / "sensor_dropout.csv"}
+    paths["json"].write_text(json.dumps(results, indent=2, sort_keys=True))
+    metrics = [f"{t}_top{k}" for t in tasks for k in (1, 5)]
+    with open(paths["subsets_csv"], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "subset", *metrics, "count", "skipped"])
+        for model, r in results["models"].items():
+            for subset, m in r["subsets"].items():
+                w.writerow([model, subset, *(f"{m[k]:.2f}" for k in metrics), int(m["count"]), int(m["skipped"])])
+    with open(paths["dropout_csv"], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "rate", *metrics, *(f"{k}_std" for k in metrics)])
+        for model, r in results["models"].items():
+            for rate, m in r["sensor_dropout"].items():
+                w.writerow([model, rate, *(f"{m[k]:.2f}" for k in metrics), *(f"{m[k + '_std']:.2f}" for k in metrics)])
+    metric = main_metric(tasks)
+    paths["dropout_png"] = plot_sensor_dropout(results, metric, out / "sensor_dropout.png")
+    paths["subsets_png"] = plot_subsets(results, metric, out / "subsets.png")
+    return paths
+
+
+def format_table(results: dict, metric: str) -> str:
+    """A Markdown table: one row per subset, one column per model."""
+    models = list(results["models"])
+    subsets = list(next(iter(results["models"].values()))["subsets"])
+    lines = [f"| subset ({metric}) | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
+    for s in subsets:
+        lines.append(f"| {s} | " + " | ".join(f"{results['models'][m]['subsets'][s][metric]:.1f}" for m in models) + " |")
+    return "\n".join(lines)
+
+
+def format_dropout_table(results: dict, metric: str) -> str:
+    models = list(results["models"])
+    rates = list(next(iter(results["models"].values()))["sensor_dropout"])
+    lines = [f"| sensor dropout ({metric}) | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
+    for r in rates:
+        lines.append(
+            f"| {float(r) * 100:.0f}% | "
+            + " | ".join(f"{results['models'][m]['sensor_dropout'][r][metric]:.1f}" for m in models)
+            + " |"
+        )
+    return "\n".join(lines)

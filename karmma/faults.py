@@ -1,0 +1,21 @@
+"""Fault injection for the reliability tests: ``KARMMA_FAULT=name[@N]`` SIGKILLs the process the
+N-th time (default 1st) ``fault_point(name)`` is reached. Inert unless that variable is set."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_counts: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    spec = os.environ.get("KARMMA_FAULT")
+    if not spec:
+        return
+    target, _, nth = spec.partition("@")
+    if target != name:
+        return
+    _counts[name] = _counts.get(name, 0) + 1
+    if _counts[name] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,56 @@
+"""Losses as pure functions of logits and labels, per head.
+
+Stage 1 (teacher, baselines): cross-entropy averaged over heads.
+Stage 2 (student): per head  alpha * CE(student, y) + (1 - alpha) * T^2 * KL(teacher_T || student_T)
+where ``x_T = softmax(x / T)``; the result is averaged over heads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+
+
+def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * KL(softmax(t/T) || softmax(s/T))``, averaged over the batch."""
+    t = temperature
+    log_p_s = F.log_softmax(student_logits / t, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits.detach() / t, dim=-1)
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (t * t)
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float,
+    temperature: float,
+) -> torch.Tensor:
+    """``alpha * CE + (1 - alpha) * T^2 * KL`` for one head."""
+    ce = cross_entropy(student_logits, labels)
+    kl = kd_kl(student_logits, teacher_logits, temperature)
+    return alpha * ce + (1.0 - alpha) * kl
+
+
+def multitask_ce(
+    logits: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor], label_smoothing: float = 0.0
+) -> torch.Tensor:
+    return torch.stack([cross_entropy(logits[k], labels[k], label_smoothing) for k in logits]).mean()
+
+
+def multitask_distillation(
+    student: Mapping[str, torch.Tensor],
+    teacher: Mapping[str, torch.Tensor],
+    labels: Mapping[str, torch.Tensor],
+    alpha: float,
+    temperature: float,
+) -> torch.Tensor:
+    return torch.stack(
+        [distillation_loss(student[k], teacher[k], labels[k], alpha, temperature) for k in student]
+    ).mean()

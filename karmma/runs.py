@@ -1,0 +1,86 @@
+"""The training application: config -> data -> model -> fit. The CLI and the demo call these."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import torch
+
+from karmma.checkpoint import load_model
+from karmma.config import DataConfig, ExperimentConfig, from_dict
+from karmma.data.dataset import FeatureSet
+from karmma.data.sources import load_paired, load_split
+from karmma.distill import distill
+from karmma.evaluate import evaluate_models
+from karmma.models.karmma import KARMMA
+from karmma.train import FitResult, fit, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def _meta_extra(cfg: ExperimentConfig, stage: str) -> dict:
+    return {"stage": stage, "feature_set": cfg.data.feature_set, "data": dataclasses.asdict(cfg.data), "name": cfg.name}
+
+
+def _val(cfg: ExperimentConfig) -> FeatureSet | None:
+    if cfg.data.kind == "store" and not cfg.data.val:
+        return None
+    return load_split(cfg.data, "val")
+
+
+def run_train(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = True, progress: bool = False) -> FitResult:
+    """Stage 1: a teacher (or a baseline) trained with cross-entropy."""
+    train = load_split(cfg.data, "train")
+    seed_everything(cfg.seed)
+    model = KARMMA(train.specs, train.tasks, cfg.model)
+    return fit(model, train, cfg, run_dir, val_data=_val(cfg), resume=resume, progress=progress, extra_meta=_meta_extra(cfg, "train"))
+
+
+def run_distill(
+    cfg: ExperimentConfig, teacher_path: str | Path, run_dir: str | Path, resume: bool = True, progress: bool = False
+) -> FitResult:
+    """Stage 2: the student distilled from a frozen teacher checkpoint."""
+    teacher, tmeta = load_model(teacher_path)
+    data = load_paired(cfg.data, "train", tmeta.get("feature_set", "teacher"))
+    seed_everything(cfg.seed)
+    student = KARMMA(data.specs, data.tasks, cfg.model)
+    return distill(student, teacher, data, cfg, run_dir, val_data=_val(cfg), resume=resume, progress=progress,
+                   extra_meta={**_meta_extra(cfg, "distill"), "teacher": str(teacher_path)})
+
+
+
+
+def load_eval_data(meta: dict, val_store: str | None = None) -> FeatureSet:
+    """The validation split a model was trained for (or ``val_store``), in its feature set."""
+    feature_set = meta.get("feature_set", "teacher")
+    if val_store:
+        data_cfg = DataConfig(kind="store", train=val_store, val=val_store, feature_set=feature_set)
+    elif "data" in meta:
+        data_cfg = from_dict(DataConfig, meta["data"], "model.json:data")
+    else:
+        raise ValueError("this model records no data; pass --val PATH (a feature store)")
+    return load_split(data_cfg, "val", feature_set)
+
+
+def run_evaluate(
+    model_paths: dict[str, str | Path],
+    val_store: str | None = None,
+    seed: int = 0,
+    repeats: int = 3,
+    progress: bool = False,
+) -> tuple[dict, list[str]]:
+    models: dict[str, torch.nn.Module] = {}
+    data: dict[str, FeatureSet] = {}
+    for name, path in model_paths.items():
+        model, meta = load_model(path)
+        models[name] = model.eval()
+        data[name] = load_eval_data(meta, val_store)
+    tasks = list(next(iter(models.values())).tasks)
+    return evaluate_models(models, data, seed=seed, repeats=repeats, progress=progress), tasks
+
+
+def build_model_for(cfg: ExperimentConfig) -> KARMMA:
+    train = load_split(cfg.data, "train")
+    return KARMMA(train.specs, train.tasks, cfg.model)

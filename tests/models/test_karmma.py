@@ -1,0 +1,122 @@
+import pytest
+import torch
+
+from karmma.errors import DataError
+from karmma.models import KARMMA
+from tests.conftest import random_batch, tiny_model_cfg
+
+MISSING = ["token", "zero", "attn_mask"]
+
+
+@pytest.mark.parametrize("missing", MISSING)
+def test_output_shapes(specs, tasks, missing):
+    model = KARMMA(specs, tasks, tiny_model_cfg(missing=missing)).eval()
+    tokens, present = random_batch(specs, 5)
+    out = model(tokens, present)
+    assert set(out) == set(tasks)
+    for t, n in tasks.items():
+        assert out[t].shape == (5, n)
+    feats = model.forward_features(tokens, present)
+    assert feats.shape == (5, 1 + len(specs), 16)
+
+
+def test_dict_input_matches_list_input_and_validates(specs, tasks):
+    model = KARMMA(specs, tasks, tiny_model_cfg()).eval()
+    tokens, present = random_batch(specs, 2)
+    d = {s.name: t for s, t in zip(specs, tokens)}
+    assert torch.equal(model(d, present)["verb"], model(tokens, present)["verb"])
+    with pytest.raises(DataError, match="unknown modality"):
+        model({**d, "depth": tokens[0]}, present)
+    del d["flow"]
+    with pytest.raises(DataError, match="no tensor"):
+        model(d, present)
+
+
+@pytest.mark.parametrize("missing", MISSING)
+def test_every_parameter_gets_a_gradient(specs, tasks, missing):
+    model = KARMMA(specs, tasks, tiny_model_cfg(missing=missing, dropout=0.1)).train()
+    tokens, _ = random_batch(specs, 6)
+    present = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 1, 1], [1, 1, 0], [0, 0, 1], [1, 0, 1]], dtype=torch.bool)
+    out = model(tokens, present)
+    sum(v.square().mean() for v in out.values()).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("missing", MISSING)
+def test_dropped_modality_values_cannot_change_the_output(specs, tasks, missing):
+    model = KARMMA(specs, tasks, tiny_model_cfg(missing=missing)).eval()
+    tokens, _ = random_batch(specs, 4)
+    present = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=torch.bool)
+    ref = model(tokens, present)
+    for garbage in (lambda t: torch.randn_like(t) * 100, lambda t: torch.full_like(t, float("nan")), lambda t: torch.full_like(t, float("inf"))):
+        changed = [torch.where(present[:, m, None, None], t, garbage(t)) for m, t in enumerate(tokens)]
+        out = model(changed, present)
+        for k in ref:
+            assert torch.allclose(out[k], ref[k], atol=1e-6), (missing, k)
+
+
+def test_present_modality_values_do_change_the_output(specs, tasks):
+    model = KARMMA(specs, tasks, tiny_model_cfg()).eval()
+    tokens, present = random_batch(specs, 2)
+    other = [t.clone() for t in tokens]
+    other[0] = other[0] + 1.0
+    assert not torch.allclose(model(tokens, present)["verb"], model(other, present)["verb"])
+
+
+def test_missing_token_differs_from_zero_filling(specs, tasks):
+    torch.manual_seed(0)
+    token = KARMMA(specs, tasks, tiny_model_cfg(missing="token")).eval()
+    zero = KARMMA(specs, tasks, tiny_model_cfg(missing="zero")).eval()
+    with torch.no_grad():
+        for proj in token.embed.proj:
+            proj.bias.normal_()  # as after training: proj(0) = bias != 0
+    zero.load_state_dict(token.state_dict())
+    tokens, _ = random_batch(specs, 2)
+    present = torch.tensor([[1, 0, 1], [1, 1, 1]], dtype=torch.bool)
+    a, b = token(tokens, present)["verb"], zero(tokens, present)["verb"]
+    assert not torch.allclose(a[0], b[0])  # a missing modality: learned tokens vs projected zeros
+    assert torch.allclose(a[1], b[1], atol=1e-6)  # all present: identical
+
+
+def test_deterministic_under_a_seed(specs, tasks):
+    def build():
+        torch.manual_seed(123)
+        return KARMMA(specs, tasks, tiny_model_cfg())
+
+    a, b = build(), build()
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+
+
+@pytest.mark.parametrize("missing", MISSING)
+def test_empty_and_half_empty_batches(specs, tasks, missing):
+    model = KARMMA(specs, tasks, tiny_model_cfg(missing=missing)).eval()
+    tokens, present = random_batch(specs, 0)
+    out = model(tokens, present)
+    assert out["verb"].shape == (0, 3)
+    tokens, _ = random_batch(specs, 4)
+    present = torch.zeros(4, 3, dtype=torch.bool)
+    present[:2] = True  # half the batch complete, half with only one modality
+    present[2:, 1] = True
+    out = model(tokens, present)
+    assert torch.isfinite(out["noun"]).all()
+
+
+def test_batch_rows_are_independent(specs, tasks):
+    model = KARMMA(specs, tasks, tiny_model_cfg()).eval()
+    tokens, _ = random_batch(specs, 3)
+    present = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    full = model(tokens, present)["action"]
+    single = model([t[1:2] for t in tokens], present[1:2])["action"]
+    assert torch.allclose(full[1:2], single, atol=1e-5)
+
+
+def test_student_preset_is_smaller_than_teacher(specs, tasks):
+    from karmma.config import ModelConfig
+
+    t = KARMMA(specs, tasks, ModelConfig.teacher())
+    s = KARMMA(specs, tasks, ModelConfig.student())
+    assert sum(p.numel() for p in s.parameters()) < 0.5 * sum(p.numel() for p in t.parameters())
