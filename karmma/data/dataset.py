@@ -122,7 +122,7 @@ class FeatureSet:
         for m, s in enumerate(self.specs):
             x = self._read(s.name, idx) if len(idx) else np.zeros((0, *s.shape), np.float32)
             x[~present[:, m]] = 0.0
-            bad = ~np.isfinite(x).reshape(len(idx), -1).all(1)
+            bad = ~np.isfinite(x).all(axis=(1, 2))
             if bad.any():
                 which = [self.ids[i] for i in idx[bad][:5]]
                 raise DataError(
