@@ -10,7 +10,7 @@ import torch
 
 from karmma.checkpoint import load_model
 from karmma.config import DataConfig, ExperimentConfig, from_dict
-from karmma.data.dataset import FeatureSet
+from karmma.data.dataset import FeatureSet, feature_stats
 from karmma.data.sources import load_paired, load_split
 from karmma.distill import distill
 from karmma.evaluate import evaluate_models
@@ -35,6 +35,7 @@ def run_train(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = True, p
     train = load_split(cfg.data, "train")
     seed_everything(cfg.seed)
     model = KARMMA(train.specs, train.tasks, cfg.model)
+    model.embed.set_input_stats(*feature_stats(train))
     return fit(model, train, cfg, run_dir, val_data=_val(cfg), resume=resume, progress=progress, extra_meta=_meta_extra(cfg, "train"))
 
 
@@ -46,6 +47,7 @@ def run_distill(
     data = load_paired(cfg.data, "train", tmeta.get("feature_set", "teacher"))
     seed_everything(cfg.seed)
     student = KARMMA(data.specs, data.tasks, cfg.model)
+    student.embed.set_input_stats(*feature_stats(data.student))
     return distill(student, teacher, data, cfg, run_dir, val_data=_val(cfg), resume=resume, progress=progress,
                    extra_meta={**_meta_extra(cfg, "distill"), "teacher": str(teacher_path)})
 
@@ -79,8 +81,3 @@ def run_evaluate(
         data[name] = load_eval_data(meta, val_store)
     tasks = list(next(iter(models.values())).tasks)
     return evaluate_models(models, data, seed=seed, repeats=repeats, progress=progress), tasks
-
-
-def build_model_for(cfg: ExperimentConfig) -> KARMMA:
-    train = load_split(cfg.data, "train")
-    return KARMMA(train.specs, train.tasks, cfg.model)

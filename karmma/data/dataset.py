@@ -157,6 +157,29 @@ class FeatureSet:
         )
 
 
+def feature_stats(data: FeatureSet, chunk: int = 1024) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per-modality, per-feature mean and std over the present samples' tokens."""
+    means, stds = [], []
+    for m, s in enumerate(data.specs):
+        total = np.zeros(s.dim)
+        sq = np.zeros(s.dim)
+        count = 0
+        for start in range(0, len(data), chunk):
+            idx = np.arange(start, min(len(data), start + chunk))
+            idx = idx[data.present[idx, m]]
+            if len(idx) == 0:
+                continue
+            x = data._read(s.name, idx).reshape(-1, s.dim).astype(np.float64)
+            total += x.sum(0)
+            sq += np.square(x).sum(0)
+            count += len(x)
+        mean = total / max(count, 1)
+        std = np.sqrt(np.maximum(sq / max(count, 1) - mean**2, 0.0))
+        means.append(torch.tensor(mean, dtype=torch.float32))
+        stds.append(torch.tensor(np.where(std > 1e-6, std, 1.0), dtype=torch.float32))
+    return means, stds
+
+
 class PairedFeatureSet:
     """Student features + the teacher's features of the same samples (distillation).
 

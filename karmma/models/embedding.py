@@ -23,9 +23,20 @@ class ModalityEmbedding(nn.Module):
         self.position_tokens = nn.ParameterList(
             [nn.Parameter(torch.zeros(s.num_tokens, dim)) for s in self.specs]
         )
+        # Input standardisation (per feature), set from training data by set_input_stats() and
+        # saved with the weights, so exported and reloaded models see the same scale.
+        for m, s in enumerate(self.specs):
+            self.register_buffer(f"input_mean_{m}", torch.zeros(s.dim))
+            self.register_buffer(f"input_std_{m}", torch.ones(s.dim))
         nn.init.trunc_normal_(self.modality_tokens, std=0.02)
         for p in self.position_tokens:
             nn.init.trunc_normal_(p, std=0.02)
+
+    @torch.no_grad()
+    def set_input_stats(self, means: list[torch.Tensor], stds: list[torch.Tensor]) -> None:
+        for m, (mu, sd) in enumerate(zip(means, stds)):
+            getattr(self, f"input_mean_{m}").copy_(torch.as_tensor(mu))
+            getattr(self, f"input_std_{m}").copy_(torch.as_tensor(sd).clamp_min(1e-6))
 
     def forward(self, tokens: list[torch.Tensor], present: torch.Tensor) -> torch.Tensor:
         """``tokens[m]``: ``(B, N_m, D_m)``; ``present``: ``(B, M)`` bool -> ``(B, sum N_m, dim)``."""
@@ -34,6 +45,7 @@ class ModalityEmbedding(nn.Module):
             keep = present[:, m, None, None]
             # Absent values never reach the model, whatever they hold (NaN included); this also
             # keeps gradients finite.
+            x = (x - getattr(self, f"input_mean_{m}")) / getattr(self, f"input_std_{m}")
             h = proj(torch.where(keep, x, torch.zeros((), dtype=x.dtype)))
             if self.missing != "zero":
                 # KARMMA: the slot is only modality token + position tokens. ("zero" baseline keeps

@@ -1,0 +1,187 @@
+"""EPIC-KITCHENS-100 (Damen et al., IJCV 2022; annotations CC BY-NC 4.0): the official annotation
+CSVs, verb/noun/action classes, the official metrics and the challenge submission JSON.
+
+Action scores follow the official evaluation: the product of verb and noun softmax
+probabilities over the top-``n`` verbs and nouns (n = 100), so action top-k is computed over
+(verb, noun) pairs. Subsets: ``tail`` (instances whose verb — for verbs —, noun — for nouns —,
+or either — for actions — is in the tail class lists) and ``unseen`` participants.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from karmma.errors import DataError
+
+NUM_VERBS = 97
+NUM_NOUNS = 300
+
+
+@dataclass
+class Segment:
+    narration_id: str
+    participant_id: str
+    video_id: str
+    start_frame: int
+    stop_frame: int
+    verb_class: int | None
+    noun_class: int | None
+    narration: str = ""
+
+
+def _rows(path: str | Path, required: list[str]) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; get it from https://github.com/epic-kitchens/epic-kitchens-100-annotations")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {missing}; is this an EPIC-KITCHENS-100 annotation CSV?")
+        return list(reader)
+
+
+def read_classes(path: str | Path) -> list[str]:
+    """``EPIC_100_{verb,noun}_classes.csv`` -> class keys indexed by id."""
+    rows = _rows(path, ["id", "key"])
+    keys = {}
+    for i, r in enumerate(rows, start=2):
+        try:
+            keys[int(r["id"])] = r["key"]
+        except ValueError as e:
+            raise DataError(f"{path}, line {i}: id {r['id']!r} is not an integer") from e
+    if sorted(keys) != list(range(len(keys))):
+        raise DataError(f"{path}: class ids are not 0..{len(keys) - 1}")
+    return [keys[i] for i in range(len(keys))]
+
+
+def read_class_instances(path: str | Path) -> dict[str, int]:
+    """Every instance word of ``EPIC_100_*_classes.csv`` mapped to its class id."""
+    out = {}
+    for r in _rows(path, ["id", "key", "instances"]):
+        for word in ast.literal_eval(r["instances"]):
+            out[word] = int(r["id"])
+    return out
+
+
+def read_annotations(path: str | Path, num_verbs: int = NUM_VERBS, num_nouns: int = NUM_NOUNS) -> list[Segment]:
+    """Train/validation CSV (with labels) or test timestamps CSV (without)."""
+    rows = _rows(path, ["narration_id", "participant_id", "video_id", "start_frame", "stop_frame"])
+    out = []
+    for i, r in enumerate(rows, start=2):
+        try:
+            verb = int(r["verb_class"]) if r.get("verb_class") not in (None, "") else None
+            noun = int(r["noun_class"]) if r.get("noun_class") not in (None, "") else None
+            seg = Segment(r["narration_id"], r["participant_id"], r["video_id"], int(r["start_frame"]),
+                          int(r["stop_frame"]), verb, noun, r.get("narration", ""))  # fmt: skip
+        except ValueError as e:
+            raise DataError(f"{path}, line {i} ({r.get('narration_id')}): {e}") from e
+        if verb is not None and not 0 <= verb < num_verbs:
+            raise DataError(f"{path}, line {i} ({seg.narration_id}): unknown verb class {verb} (0..{num_verbs - 1})")
+        if noun is not None and not 0 <= noun < num_nouns:
+            raise DataError(f"{path}, line {i} ({seg.narration_id}): unknown noun class {noun} (0..{num_nouns - 1})")
+        if seg.stop_frame < seg.start_frame:
+            raise DataError(f"{path}, line {i} ({seg.narration_id}): stop_frame < start_frame")
+        out.append(seg)
+    return out
+
+
+def read_id_list(path: str | Path, column: str) -> set:
+    """``EPIC_100_tail_{verbs,nouns}.csv`` (ints) or the unseen participants CSV (strings)."""
+    rows = _rows(path, [column])
+    vals = [r[column] for r in rows]
+    return {int(v) for v in vals} if column in ("verb", "noun") else set(vals)
+
+
+def action_classes(segments: list[Segment]) -> dict[tuple[int, int], int]:
+    """The (verb, noun) pairs of the training segments, numbered in sorted order."""
+    pairs = sorted({(s.verb_class, s.noun_class) for s in segments if s.verb_class is not None and s.noun_class is not None})
+    return {p: i for i, p in enumerate(pairs)}
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def action_scores(verb_scores: np.ndarray, noun_scores: np.ndarray, top_n: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample, the ``top_n**2`` best (verb, noun) pairs by p(verb) * p(noun): returns
+    ``pairs`` (B, K, 2) and ``scores`` (B, K), best first."""
+    pv, pn = softmax(verb_scores), softmax(noun_scores)
+    nv, nn_ = min(top_n, pv.shape[1]), min(top_n, pn.shape[1])
+    tv = np.argsort(-pv, 1)[:, :nv]
+    tn = np.argsort(-pn, 1)[:, :nn_]
+    prod = np.take_along_axis(pv, tv, 1)[:, :, None] * np.take_along_axis(pn, tn, 1)[:, None, :]
+    flat = prod.reshape(len(pv), -1)
+    order = np.argsort(-flat, 1)
+    pairs = np.stack([np.take_along_axis(tv, order // nn_, 1), np.take_along_axis(tn, order % nn_, 1)], -1)
+    return pairs, np.take_along_axis(flat, order, 1)
+
+
+def _topk(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    return (np.argsort(-scores, 1)[:, :k] == labels[:, None]).any(1)
+
+
+def epic_metrics(
+    verb_scores: np.ndarray,
+    noun_scores: np.ndarray,
+    segments: list[Segment],
+    tail_verbs: set[int] | None = None,
+    tail_nouns: set[int] | None = None,
+    unseen_participants: set[str] | None = None,
+    ks: tuple[int, ...] = (1, 5),
+) -> dict[str, dict[str, float]]:
+    """``{"overall"|"tail"|"unseen": {"verb_top1", ..., "action_top5"}}`` in percent."""
+    if len(segments) != len(verb_scores) or len(segments) != len(noun_scores):
+        raise DataError(f"{len(segments)} segments but {len(verb_scores)} verb / {len(noun_scores)} noun score rows")
+    v = np.array([s.verb_class for s in segments])
+    n = np.array([s.noun_class for s in segments])
+    pairs, _ = action_scores(verb_scores, noun_scores)
+    correct = {}
+    for k in ks:
+        correct[f"verb_top{k}"] = _topk(verb_scores, v, k)
+        correct[f"noun_top{k}"] = _topk(noun_scores, n, k)
+        correct[f"action_top{k}"] = ((pairs[:, :k, 0] == v[:, None]) & (pairs[:, :k, 1] == n[:, None])).any(1)
+    groups = {"overall": np.ones(len(v), bool)}
+    if unseen_participants is not None:
+        groups["unseen"] = np.array([s.participant_id in unseen_participants for s in segments])
+    out: dict[str, dict[str, float]] = {}
+    for g, rows in groups.items():
+        out[g] = {key: float(100 * c[rows].mean()) if rows.any() else float("nan") for key, c in correct.items()}
+    if tail_verbs is not None and tail_nouns is not None:
+        tv = np.isin(v, list(tail_verbs))
+        tn = np.isin(n, list(tail_nouns))
+        out["tail"] = {}
+        for key, c in correct.items():
+            rows = tv if key.startswith("verb") else tn if key.startswith("noun") else (tv | tn)
+            out["tail"][key] = float(100 * c[rows].mean()) if rows.any() else float("nan")
+    return out
+
+
+def submission_json(
+    narration_ids: list[str], verb_scores: np.ndarray, noun_scores: np.ndarray, top_actions: int = 100,
+    sls_pt: int = 0, sls_tl: int = 0, sls_td: int = 0,
+) -> dict:
+    """The action-recognition challenge submission (format version 0.2): per segment, every verb
+    and noun score and the ``top_actions`` best "verb,noun" action scores."""
+    pairs, scores = action_scores(verb_scores, noun_scores)
+    results = {}
+    for i, nid in enumerate(narration_ids):
+        results[nid] = {
+            "verb": {str(j): float(x) for j, x in enumerate(verb_scores[i])},
+            "noun": {str(j): float(x) for j, x in enumerate(noun_scores[i])},
+            "action": {f"{a},{b}": float(s) for (a, b), s in zip(pairs[i, :top_actions], scores[i, :top_actions])},
+        }
+    return {"version": "0.2", "challenge": "action_recognition", "sls_pt": sls_pt, "sls_tl": sls_tl, "sls_td": sls_td, "results": results}
+
+
+def write_submission(path: str | Path, submission: dict) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(submission))
+    return path

@@ -1,0 +1,1 @@
+"""Feature extraction: media decoding, optical flow and frozen per-modality encoders."""

@@ -1,0 +1,30 @@
+"""Optical flow with OpenCV (Farneback or DIS), on grey frames."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    """Scale a (T, H, W) clip of any dtype to uint8 with the clip's own range."""
+    f = frames.astype(np.float32)
+    lo, hi = float(f.min()), float(f.max())
+    return np.zeros(f.shape, np.uint8) if hi <= lo else ((f - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def optical_flow(frames: np.ndarray, method: str = "farneback") -> np.ndarray:
+    """Dense flow between consecutive frames: (T, H, W) uint8 -> (T-1, H, W, 2) float32 (pixels)."""
+    if frames.ndim != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"optical_flow needs (T, H, W) uint8 frames, got {frames.shape} {frames.dtype}")
+    if method == "dis":
+        dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+        calc = lambda a, b: dis.calc(a, b, None)  # noqa: E731
+    elif method == "farneback":
+        calc = lambda a, b: cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 2, 9, 2, 5, 1.1, 0)  # noqa: E731
+    else:
+        raise ValueError(f"unknown flow method {method!r}; use farneback or dis")
+    out = np.empty((max(0, len(frames) - 1), *frames.shape[1:], 2), np.float32)
+    for t in range(len(frames) - 1):
+        out[t] = calc(frames[t], frames[t + 1])
+    return out

@@ -1,0 +1,85 @@
+"""``karmma predict``: one sample, whatever modalities the device has, from an ONNX file or a
+checkpoint. The sample is an ``.npz`` or ``.safetensors`` file with one ``(num_tokens, dim)``
+array per available modality; a modality not in the file is absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from karmma.checkpoint import load_model
+from karmma.data.dataset import tokens_from_mapping
+from karmma.errors import DataError
+from karmma.modalities import ModalitySpec, parse_subset
+
+
+def read_sample(path: str | Path, only: str | None = None) -> dict[str, np.ndarray]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"sample file {path} does not exist")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                sample = {k: z[k] for k in z.files}
+        elif path.suffix == ".safetensors":
+            from safetensors.numpy import load_file
+
+            sample = load_file(str(path))
+        else:
+            raise DataError(f"{path}: use an .npz or .safetensors file with one array per modality")
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read the sample ({e}); the file is corrupt") from e
+    if only:
+        keep = parse_subset(only, list(sample))
+        sample = {k: v for k, v in sample.items() if k in keep}
+    return sample
+
+
+class Predictor:
+    def __init__(self, specs: list[ModalitySpec], tasks: dict[str, int], class_names: dict[str, list[str]], run) -> None:
+        self.specs, self.tasks, self.class_names, self._run = specs, tasks, class_names, run
+
+    def predict(self, sample: dict[str, np.ndarray], topk: int = 5, source: str = "sample") -> dict:
+        tokens, present = tokens_from_mapping(self.specs, sample, source)
+        logits = self._run(tokens, present)
+        out = {"present": [s.name for s, p in zip(self.specs, present[0]) if p],
+               "absent": [s.name for s, p in zip(self.specs, present[0]) if not p], "topk": {}}  # fmt: skip
+        for task in self.tasks:
+            probs = torch.softmax(torch.as_tensor(logits[task][0]), -1)
+            k = min(topk, len(probs))
+            vals, idx = probs.topk(k)
+            names = self.class_names.get(task) or []
+            out["topk"][task] = [(int(i), names[int(i)] if int(i) < len(names) else str(int(i)), float(v)) for v, i in zip(vals, idx)]
+        return out
+
+
+def load_predictor(path: str | Path) -> Predictor:
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnxruntime as ort
+
+        from karmma.export import onnx_metadata
+
+        if not path.is_file():
+            raise DataError(f"ONNX file {path} does not exist; create it with `karmma export`")
+        meta = onnx_metadata(path)
+        specs = [ModalitySpec(**d) for d in meta["specs"]]
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        tasks = meta["tasks"]
+
+        def run(tokens, present):
+            feed = {s.name: t.numpy() for s, t in zip(specs, tokens)}
+            feed["present"] = present.numpy()
+            return dict(zip(tasks, sess.run(list(tasks), feed)))
+
+        return Predictor(specs, tasks, meta.get("class_names", {}), run)
+    model, meta = load_model(path)
+    model.eval()
+
+    def run_torch(tokens, present):
+        with torch.no_grad():
+            return model(tokens, present)
+
+    return Predictor(model.specs, model.tasks, meta.get("class_names", {}), run_torch)
