@@ -152,6 +152,7 @@ class ExperimentConfig:
     modality_dropout: ModalityDropoutConfig = field(default_factory=ModalityDropoutConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    device: str = "auto"  # "auto" (CUDA if available, else CPU), "cpu", "cuda", "cuda:1", ...
     checkpoint_every: int = 0  # also checkpoint every N steps (0: at the end of each epoch only)
     keep_checkpoints: int = 2
 

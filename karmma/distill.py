@@ -45,15 +45,16 @@ def cache_teacher_logits(
     n = len(data)
     codes = range(1, 2**m)
     cache = {t: torch.zeros(n, len(codes), c) for t, c in teacher.tasks.items()}
+    device = next(teacher.parameters()).device
     bar = tqdm(total=len(codes) * ((n + batch_size - 1) // batch_size), disable=not progress, desc="teacher logits")
     for start in range(0, n, batch_size):
         rows = np.arange(start, min(n, start + batch_size))
-        tokens = data.teacher.get_batch(rows).tokens
+        tokens = [t.to(device) for t in data.teacher.get_batch(rows).tokens]
         for j, code in enumerate(codes):
-            mask = torch.tensor([[bool(code >> i & 1) for i in range(m)]]).expand(len(rows), -1)
+            mask = torch.tensor([[bool(code >> i & 1) for i in range(m)]], device=device).expand(len(rows), -1)
             out = teacher(tokens, mask)
             for t in cache:
-                cache[t][rows, j] = out[t]
+                cache[t][rows, j] = out[t].float().cpu()
             bar.update(1)
     bar.close()
     return cache
@@ -64,8 +65,8 @@ def distillation_loss_fn(
 ):
     def loss(student: torch.nn.Module, batch: Batch, mask: torch.Tensor) -> torch.Tensor:
         if cache is not None:
-            col = subset_index(mask)
-            t_logits = {k: v[batch.index, col] for k, v in cache.items()}
+            col = subset_index(mask).cpu()
+            t_logits = {k: v[batch.index, col].to(mask.device) for k, v in cache.items()}
         else:
             with torch.no_grad():
                 t_logits = teacher(batch.teacher_tokens, mask)  # the same mask as the student's
@@ -92,7 +93,9 @@ def distill(
         raise CheckpointError(
             f"teacher modalities {teacher.modality_names} differ from the student's {student.modality_names}"
         )
-    freeze(teacher)
+    from karmma.distributed import resolve_device
+
+    freeze(teacher).to(resolve_device(cfg.device))
     cache = None
     if cfg.distill.cache_teacher_logits:
         cache = cache_teacher_logits(teacher, data, progress=progress)

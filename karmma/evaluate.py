@@ -35,6 +35,7 @@ MaskFn = Callable[[torch.Tensor, np.ndarray], torch.Tensor]
 def run_masked(model: torch.nn.Module, data: FeatureSet, mask_fn: MaskFn, batch_size: int = 256) -> dict[str, float]:
     """Accuracy of ``model`` with each batch's mask replaced by ``mask_fn(present, rows)``."""
     model.eval()
+    device = next(model.parameters()).device
     meter = AccuracyMeter(list(data.tasks))
     skipped = 0
     for start in range(0, len(data), batch_size):
@@ -46,7 +47,8 @@ def run_masked(model: torch.nn.Module, data: FeatureSet, mask_fn: MaskFn, batch_
         if not ok.all():
             b, mask = b.select(ok), mask[ok]
         if len(b):
-            meter.update(model(b.tokens, mask), b.labels)
+            b = b.to(device)
+            meter.update(model(b.tokens, mask.to(device)), b.labels)
     out = meter.compute()
     out["skipped"] = float(skipped)
     return out

@@ -91,9 +91,10 @@ def quick_eval(model: torch.nn.Module, data: FeatureSet, batch_size: int = 256) 
     """Accuracy with every available modality (used for per-epoch validation)."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     meter = AccuracyMeter(list(data.tasks))
     for start in range(0, len(data), batch_size):
-        b = data.get_batch(np.arange(start, min(len(data), start + batch_size)))
+        b = data.get_batch(np.arange(start, min(len(data), start + batch_size))).to(device)
         meter.update(model(b.tokens, b.present), b.labels)
     model.train(was_training)
     return meter.compute()
@@ -121,6 +122,8 @@ def fit(
     bs = cfg.optim.batch_size
     steps_per_epoch = max(1, math.ceil(n / bs))
     total_steps = steps_per_epoch * cfg.optim.epochs
+    device = distributed.resolve_device(cfg.device)
+    model.to(device)
     optimizer = make_optimizer(model, cfg)
     meta = model_metadata(model, train_data.class_names, **(extra_meta or {}))
     history: list[dict[str, Any]] = []
@@ -134,7 +137,7 @@ def fit(
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / "config.json", cfg.to_dict())
-    net: torch.nn.Module = DDP(model) if info.enabled else model
+    net: torch.nn.Module = DDP(model, device_ids=[device] if device.type == "cuda" else None) if info.enabled else model
     model.train()
     t0, seen = time.perf_counter(), 0
     bar = tqdm(total=total_steps, initial=global_step, disable=not (progress and info.is_main), desc=cfg.name, unit="step")
@@ -152,8 +155,8 @@ def fit(
             gen = torch.Generator().manual_seed(step_seed(cfg.seed, global_step))
             mask_all = apply_modality_dropout(torch.from_numpy(train_data.present[rows]), cfg.modality_dropout, gen)
             mine = slice(info.rank, None, info.world)
-            batch = train_data.get_batch(rows[mine])
-            mask = mask_all[mine]
+            batch = train_data.get_batch(rows[mine]).to(device)
+            mask = mask_all[mine].to(device)
             torch.manual_seed(step_seed(cfg.seed, global_step))  # nn.Dropout draws
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(global_step, total_steps, cfg.optim.lr, cfg.optim.warmup_steps)

@@ -31,6 +31,17 @@ class Batch:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def to(self, device: torch.device | str) -> "Batch":
+        """The batch's tensors on ``device`` (ids and dataset indices stay on the CPU)."""
+        return Batch(
+            ids=self.ids,
+            tokens=[t.to(device) for t in self.tokens],
+            present=self.present.to(device),
+            labels={k: v.to(device) for k, v in self.labels.items()},
+            index=self.index,
+            teacher_tokens=None if self.teacher_tokens is None else [t.to(device) for t in self.teacher_tokens],
+        )
+
     def select(self, rows: torch.Tensor) -> "Batch":
         """The sub-batch of ``rows`` (a bool mask or index tensor)."""
         pick = rows.nonzero().flatten() if rows.dtype == torch.bool else rows
