@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from karmma.config import ModelConfig, model_config_from_json
+from karmma.config import model_config_from_json
 from karmma.errors import CheckpointError, ConfigError
 from karmma.faults import fault_point
 from karmma.modalities import ModalitySpec
@@ -274,7 +274,3 @@ def load_training_checkpoint(folder: Path, model: KARMMA, optimizer: torch.optim
         if isinstance(e, CheckpointError):
             raise
         raise CheckpointError(f"{folder}: unreadable training checkpoint ({e}); delete it to resume from an older one") from e
-
-
-def model_config_of(meta: dict) -> ModelConfig:
-    return model_config_from_json(meta["model"], "model.json:model")

@@ -8,7 +8,6 @@ Values the paper does not state are marked ``# paper-unknown default`` and liste
 from __future__ import annotations
 
 import dataclasses
-import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -262,9 +261,3 @@ def model_config_from_json(data: dict[str, Any], where: str) -> ModelConfig:
     cfg = from_dict(ModelConfig, data, where)
     cfg.validate()
     return cfg
-
-
-def dump_json(obj: Any) -> str:
-    if dataclasses.is_dataclass(obj):
-        obj = dataclasses.asdict(obj)
-    return json.dumps(obj, indent=2, sort_keys=True)
