@@ -80,24 +80,38 @@ def _save_model_files(folder: Path, model: KARMMA, meta: dict) -> None:
         json.dump(meta, f, indent=2, sort_keys=True)
 
 
+def _fresh_tmp(final: Path) -> Path:
+    """An empty temporary folder beside ``final``, to be published with :func:`_publish`."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def _publish(tmp: Path, final: Path) -> Path:
+    """fsync ``tmp``'s files and rename it to ``final`` (an existing ``final`` is moved aside first)."""
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(tmp)
+    if final.exists():
+        old = final.with_name(f".old-{final.name}-{os.getpid()}")
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+    _fsync_dir(final.parent)
+    return final
+
+
 def save_model(folder: str | Path, model: KARMMA, meta: dict) -> Path:
     """Atomically write a model checkpoint folder (replacing an existing one)."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = _fresh_tmp(folder)
     _save_model_files(tmp, model, meta)
-    _fsync_dir(tmp)
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.old{os.getpid()}")
-        folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(folder)
-    _fsync_dir(folder.parent)
-    return folder
+    return _publish(tmp, folder)
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -135,24 +149,15 @@ def save_training_checkpoint(
 ) -> Path:
     """Write ``RUN/checkpoints/step-N`` atomically, point ``latest.json`` at it, prune old ones."""
     ckdir = Path(run_dir) / "checkpoints"
-    ckdir.mkdir(parents=True, exist_ok=True)
     name = f"step-{state['global_step']:08d}"
-    tmp = ckdir / f".tmp-{name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    final = ckdir / name
+    tmp = _fresh_tmp(final)
     _save_model_files(tmp, model, meta)
     tensors, opt_meta = _optimizer_tensors(optimizer)
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
     (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    _fsync_dir(tmp)
-    final = ckdir / name
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    _fsync_dir(ckdir)
+    _publish(tmp, final)
     fault_point("checkpoint-pointer")
     write_json_atomic(ckdir / "latest.json", {"checkpoint": name, "global_step": state["global_step"]})
     steps = sorted(p for p in ckdir.glob("step-*") if p.is_dir())
