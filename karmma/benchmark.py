@@ -10,12 +10,10 @@ import time
 from pathlib import Path
 
 from karmma.checkpoint import load_model
-from karmma.config import load_config
 from karmma.cost import cost_table, format_cost_table, write_cost
 from karmma.evaluate import format_dropout_table, format_table, write_results
 from karmma.extractors.extract import run_extract
-from karmma.presets import preset_path
-from karmma.runs import run_distill, run_evaluate, run_train
+from karmma.runs import run_comparison
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +34,11 @@ def run_utd_mhad_benchmark(
     for split, path in feats.items():
         run_extract("utd_mhad", root, path, split=split, progress=progress, limit=limit, workers=workers)
     t_extract = time.perf_counter() - t0
-    data = [f"data.train={feats['train']}", f"data.val={feats['test']}", f"seed={seed}"]
+    overrides = [f"data.train={feats['train']}", f"data.val={feats['test']}", f"seed={seed}"]
     if epochs is not None:
-        data.append(f"optim.epochs={epochs}")
-    teacher_cfg = load_config(preset_path("utd_mhad_teacher"), data)
-    student = lambda *o: load_config(preset_path("utd_mhad_student"), [*data, *o])  # noqa: E731
-    dirs = {k: out / k for k in ("teacher", "student", "baseline-ce", "baseline-md")}
-    run_train(teacher_cfg, dirs["teacher"], progress=progress)
-    run_distill(student(), dirs["teacher"], dirs["student"], progress=progress)
-    # Baseline 1: the student architecture with CE only (no KD, no modality dropout).
-    run_train(student("modality_dropout.kind=none", "name=baseline-ce"), dirs["baseline-ce"], progress=progress)
-    # Baseline 2: CE + modality dropout + missing-modality tokens (no KD).
-    run_train(student("name=baseline-md"), dirs["baseline-md"], progress=progress)
+        overrides.append(f"optim.epochs={epochs}")
+    results, tasks, dirs = run_comparison("utd_mhad_teacher", "utd_mhad_student", out, overrides, repeats, progress)
     t_train = time.perf_counter() - t0 - t_extract
-    results, tasks = run_evaluate(dirs, seed=seed, repeats=repeats, progress=progress)
     paths = write_results(results, out / "eval", tasks)
     models = {k: load_model(dirs[k])[0] for k in ("teacher", "student")}
     cost = cost_table(models, repeats=30)
@@ -61,7 +50,7 @@ def run_utd_mhad_benchmark(
             format_table(results, metric),
             format_dropout_table(results, metric),
             format_cost_table(cost),
-            f"extraction {t_extract:.0f} s, training {t_train:.0f} s, total {time.perf_counter() - t0:.0f} s",
+            f"extraction {t_extract:.0f} s, training and evaluation {t_train:.0f} s, total {time.perf_counter() - t0:.0f} s",
         ]
     )
     (out / "report.md").write_text(md + "\n")

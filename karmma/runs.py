@@ -9,12 +9,13 @@ from pathlib import Path
 import torch
 
 from karmma.checkpoint import load_model
-from karmma.config import DataConfig, ExperimentConfig, from_dict
+from karmma.config import DataConfig, ExperimentConfig, from_dict, load_config
 from karmma.data.dataset import FeatureSet, feature_stats
 from karmma.data.sources import load_paired, load_split
 from karmma.distill import distill
 from karmma.evaluate import evaluate_models
 from karmma.models.karmma import KARMMA
+from karmma.presets import preset_path
 from karmma.train import FitResult, fit, seed_everything
 
 log = logging.getLogger(__name__)
@@ -81,3 +82,43 @@ def run_evaluate(
         data[name] = load_eval_data(meta, val_store)
     tasks = list(next(iter(models.values())).tasks)
     return evaluate_models(models, data, seed=seed, repeats=repeats, progress=progress), tasks
+
+
+COMPARISON = ("teacher", "student", "baseline-ce", "baseline-md")
+
+
+def run_comparison(
+    teacher_config: str | Path,
+    student_config: str | Path,
+    out_dir: str | Path,
+    overrides: list[str] | None = None,
+    repeats: int = 3,
+    progress: bool = False,
+    resume: bool = True,
+) -> tuple[dict, list[str], dict[str, Path]]:
+    """Train and evaluate the four models of the paper's comparison, in ``out_dir/<name>``:
+
+    * ``teacher``: CE + modality dropout + missing-modality tokens (``teacher_config``),
+    * ``student``: the KARMMA student distilled from it (``student_config``),
+    * ``baseline-ce``: the student architecture with CE only (no KD, no modality dropout),
+    * ``baseline-md``: the student architecture with CE + modality dropout + missing tokens (no KD).
+
+    ``overrides`` (``key=value``) apply to every config. Returns (results, tasks, run folders).
+    """
+    out = Path(out_dir)
+    base = list(overrides or [])
+    dirs = {k: out / k for k in COMPARISON}
+    teacher_cfg = load_config(preset_path(teacher_config), base)
+
+    def student(*extra: str) -> ExperimentConfig:
+        return load_config(preset_path(student_config), [*base, *extra])
+
+    log.info("stage 1: teacher")
+    run_train(teacher_cfg, dirs["teacher"], resume=resume, progress=progress)
+    log.info("stage 2: student distilled from the teacher")
+    run_distill(student(), dirs["teacher"], dirs["student"], resume=resume, progress=progress)
+    log.info("baselines: the student architecture without distillation")
+    run_train(student("modality_dropout.kind=none", "name=baseline-ce"), dirs["baseline-ce"], resume=resume, progress=progress)
+    run_train(student("name=baseline-md"), dirs["baseline-md"], resume=resume, progress=progress)
+    results, tasks = run_evaluate(dirs, seed=teacher_cfg.seed, repeats=repeats, progress=progress)
+    return results, tasks, dirs
