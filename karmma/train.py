@@ -33,9 +33,9 @@ from karmma.checkpoint import (
 )
 from karmma.config import ExperimentConfig
 from karmma.data.dataset import Batch, FeatureSet
+from karmma.evaluate import run_masked
 from karmma.faults import fault_point
 from karmma.losses import multitask_ce
-from karmma.metrics import AccuracyMeter
 from karmma.modality_dropout import apply_modality_dropout
 from karmma.models.karmma import KARMMA
 
@@ -86,18 +86,12 @@ def make_optimizer(model: torch.nn.Module, cfg: ExperimentConfig) -> torch.optim
     return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=(0.9, 0.999))
 
 
-@torch.no_grad()
 def quick_eval(model: torch.nn.Module, data: FeatureSet, batch_size: int = 256) -> dict[str, float]:
     """Accuracy with every available modality (used for per-epoch validation)."""
     was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    meter = AccuracyMeter(list(data.tasks))
-    for start in range(0, len(data), batch_size):
-        b = data.get_batch(np.arange(start, min(len(data), start + batch_size))).to(device)
-        meter.update(model(b.tokens, b.present), b.labels)
+    out = run_masked(model, data, lambda present, rows: present, batch_size)
     model.train(was_training)
-    return meter.compute()
+    return out
 
 
 def fit(
@@ -179,7 +173,7 @@ def fit(
                 checkpoint(epoch)
         record: dict[str, Any] = {"epoch": epoch + 1, "step": global_step, "loss": float(loss.item())}
         if val_data is not None and info.is_main:
-            record.update({f"val_{k}": v for k, v in quick_eval(model, val_data).items() if k != "count"})
+            record.update({f"val_{k}": v for k, v in quick_eval(model, val_data).items() if k not in ("count", "skipped")})
         history.append(record)
         log.info("epoch %d: %s", epoch + 1, record)
         checkpoint(epoch + 1)
