@@ -94,6 +94,21 @@ class PoolSignal:
         return np.stack(tokens).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class WithVelocity:
+    """Appends frame-to-frame differences (times ``scale``) to a (T, C) signal before ``encoder``."""
+
+    encoder: object
+    scale: float = 10.0
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.encoder(np.concatenate([x, np.diff(x, axis=0, prepend=x[:1]) * self.scale], axis=1))
+
+
 # --------------------------------------------------------------------------- learned encoders
 
 

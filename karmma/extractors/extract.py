@@ -16,6 +16,7 @@ modality with a warning (``on_error="absent"``): nothing is silently dropped.
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import multiprocessing as mp
 from collections.abc import Callable
@@ -29,8 +30,8 @@ from tqdm.auto import tqdm
 from karmma.data.store import FeatureStoreWriter
 from karmma.data.utd_mhad import ACTIONS, HIP_CENTER, Clip, list_clips, load_modality
 from karmma.errors import DataError
-from karmma.extractors.encoders import SIZES, CNNEncoder, PoolFrames, PoolSignal, encoder_path
-from karmma.extractors.flow import optical_flow, to_uint8
+from karmma.extractors.encoders import SIZES, CNNEncoder, PoolFrames, PoolSignal, WithVelocity, encoder_path
+from karmma.extractors.flow import flow_with_magnitude, to_uint8
 from karmma.extractors.media import read_video, read_wav
 from karmma.modalities import ModalitySpec
 
@@ -52,7 +53,7 @@ def pool_encoders(modalities: tuple[str, ...]) -> dict[str, dict[str, Encoder]]:
         "rgb": (PoolFrames(NUM_TOKENS, (8, 8), 3), PoolFrames(NUM_TOKENS, (4, 4), 3)),
         "flow": (PoolFrames(NUM_TOKENS, (6, 8), 3, motion=False), PoolFrames(NUM_TOKENS, (3, 4), 3, motion=False)),
         "inertial": (PoolSignal(NUM_TOKENS, 6, rich=True), PoolSignal(NUM_TOKENS, 6, rich=False)),
-        "skeleton": (PoolSignal(NUM_TOKENS, 120, rich=False), PoolSignal(NUM_TOKENS, 60, rich=False)),
+        "skeleton": (WithVelocity(PoolSignal(NUM_TOKENS, 120, rich=False)), PoolSignal(NUM_TOKENS, 60, rich=False)),
         "audio": (PoolSignal(NUM_TOKENS, 32, rich=True), PoolSignal(NUM_TOKENS, 32, rich=False)),
     }
     return {size: {m: table[m][i] for m in modalities} for i, size in enumerate(SIZES)}
@@ -61,11 +62,25 @@ def pool_encoders(modalities: tuple[str, ...]) -> dict[str, dict[str, Encoder]]:
 def cnn_encoders(modalities: tuple[str, ...], weights: str | Path | None) -> dict[str, dict[str, Encoder]]:
     if not weights:
         raise DataError("--encoder cnn needs --weights DIR holding {modality}_{teacher,student}.safetensors")
-    return {size: {m: CNNEncoder.from_pretrained(encoder_path(weights, m, size)) for m in modalities} for size in SIZES}
+    out = {size: {m: CNNEncoder.from_pretrained(encoder_path(weights, m, size)) for m in modalities} for size in SIZES}
+    if "skeleton" in out["teacher"]:  # as in pool_encoders: the teacher also sees joint velocities
+        out["teacher"]["skeleton"] = WithVelocity(out["teacher"]["skeleton"])
+    return out
 
 
 def encoder_specs(encoders: dict[str, dict[str, Encoder]], modalities: tuple[str, ...]) -> dict[str, list[ModalitySpec]]:
     return {size: [ModalitySpec(m, NUM_TOKENS, encoders[size][m].dim) for m in modalities] for size in SIZES}
+
+
+def _or_absent(read: Callable[[], np.ndarray], on_error: str, what: str) -> np.ndarray | None:
+    """``read()``, or None (logged) when it raises :class:`DataError` and ``on_error="absent"``."""
+    try:
+        return read()
+    except DataError as e:
+        if on_error == "raise":
+            raise
+        log.warning("%s; recording %s as absent", e, what)
+        return None
 
 
 # --------------------------------------------------------------------------- UTD-MHAD
@@ -79,13 +94,7 @@ def utd_raw(clip: Clip, modalities: tuple[str, ...], on_error: str) -> dict[str,
     def load(name: str) -> np.ndarray | None:
         if name not in clip.files:
             return None
-        try:
-            return load_modality(clip.files[name], name)
-        except DataError as e:
-            if on_error == "raise":
-                raise
-            log.warning("%s; recording %s of %s as absent", e, name, clip.id)
-            return None
+        return _or_absent(lambda: load_modality(clip.files[name], name), on_error, f"{name} of {clip.id}")
 
     if "depth" in modalities or "flow" in modalities:
         depth = load("depth")
@@ -96,9 +105,7 @@ def utd_raw(clip: Clip, modalities: tuple[str, ...], on_error: str) -> dict[str,
             if "depth" in modalities:
                 out["depth"] = frames / DEPTH_SCALE
             if "flow" in modalities:
-                flow = optical_flow(to_uint8(frames)) / 2.0
-                mag = np.linalg.norm(flow, axis=-1, keepdims=True)
-                out["flow"] = np.concatenate([flow, mag], axis=-1)
+                out["flow"] = flow_with_magnitude(to_uint8(frames), scale=2.0)
     if "inertial" in modalities:
         x = load("inertial")
         if x is not None:
@@ -117,15 +124,11 @@ def _encode(raw: dict[str, np.ndarray], encoders: dict[str, dict[str, Encoder]],
         if m not in raw:
             continue
         for size in SIZES:
-            x = raw[m]
-            if m == "skeleton" and size == "teacher":
-                x = np.concatenate([x, np.diff(x, axis=0, prepend=x[:1]) * 10.0], axis=1)
-            feats[size][m] = encoders[size][m](x)
+            feats[size][m] = encoders[size][m](raw[m])
     return feats, [m in raw for m in modalities]
 
 
-def _utd_job(args):
-    clip, modalities, on_error, encoders = args
+def _utd_job(clip: Clip, modalities: tuple[str, ...], on_error: str, encoders: dict[str, dict[str, Encoder]]):
     return _encode(utd_raw(clip, modalities, on_error), encoders, modalities)
 
 
@@ -141,34 +144,18 @@ def audio_features(path: Path, bins: int = 32) -> np.ndarray:
     return np.stack([spec[a:max(a + 1, b)].mean(0) for a, b in zip(edges[:-1], edges[1:])], axis=1).astype(np.float32)
 
 
-def _video_job(args):
-    row, root, modalities, on_error, encoders = args
+def _video_job(row: dict, root: Path, modalities: tuple[str, ...], on_error: str, encoders: dict[str, dict[str, Encoder]]):
     raw: dict[str, np.ndarray] = {}
-
-    def attempt(fn) -> None:
-        try:
-            fn()
-        except DataError as e:
-            if on_error == "raise":
-                raise
-            log.warning("%s; recording the failed modality of %s as absent", e, row["id"])
-
-    def video() -> None:
-        frames = read_video(root / row["video"], size=(64, 64))
-        if "rgb" in modalities:
-            raw["rgb"] = frames.astype(np.float32) / 255.0
-        if "flow" in modalities:
-            grey = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
-            flow = optical_flow(grey)
-            raw["flow"] = np.concatenate([flow, np.linalg.norm(flow, axis=-1, keepdims=True)], -1)
-
-    def audio() -> None:
-        raw["audio"] = audio_features(root / row["audio"])
-
     if row.get("video") and ("rgb" in modalities or "flow" in modalities):
-        attempt(video)
+        frames = _or_absent(lambda: read_video(root / row["video"], size=(64, 64)), on_error, f"the video of {row['id']}")
+        if frames is not None and "rgb" in modalities:
+            raw["rgb"] = frames.astype(np.float32) / 255.0
+        if frames is not None and "flow" in modalities:
+            raw["flow"] = flow_with_magnitude(np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]))
     if row.get("audio") and "audio" in modalities:
-        attempt(audio)
+        audio = _or_absent(lambda: audio_features(root / row["audio"]), on_error, f"the audio of {row['id']}")
+        if audio is not None:
+            raw["audio"] = audio
     return _encode(raw, encoders, modalities)
 
 
@@ -210,6 +197,7 @@ def run_extract(
         tasks, class_names = {"action": len(ACTIONS)}, {"action": ACTIONS}
         extra = {"dataset": "utd_mhad", "split": split, "subjects": sorted({c.subject for c in clips})}
         job, items = _utd_job, clips
+        job_args: dict = {}
     elif dataset == "video":
         modalities = tuple(modalities or ("rgb", "flow", "audio"))
         rows, classes = read_video_labels(root)
@@ -219,6 +207,7 @@ def run_extract(
         tasks, class_names = {"action": len(classes)}, {"action": classes}
         extra = {"dataset": "video"}
         job, items = _video_job, rows
+        job_args = {"root": root}
     else:
         raise DataError(f"unknown dataset {dataset!r}; use utd_mhad or video")
     encoders = pool_encoders(modalities) if encoder == "pool" else cnn_encoders(modalities, weights)
@@ -226,10 +215,8 @@ def run_extract(
                                 extra={**extra, "encoder": encoder}, resume=resume)  # fmt: skip
     try:
         todo = [i for i, d in enumerate(writer.done) if not d]
-        if dataset == "utd_mhad":
-            args = [(items[i], modalities, on_error, encoders) for i in todo]
-        else:
-            args = [(items[i], root, modalities, on_error, encoders) for i in todo]
+        job = functools.partial(job, **job_args, modalities=modalities, on_error=on_error, encoders=encoders)
+        args = [items[i] for i in todo]
         bar = tqdm(total=len(ids), initial=len(ids) - len(todo), disable=not progress, desc=f"extract {dataset}", unit="clip")
         pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
         results = pool.imap(job, args, chunksize=4) if pool else map(job, args)

@@ -28,3 +28,9 @@ def optical_flow(frames: np.ndarray, method: str = "farneback") -> np.ndarray:
     for t in range(len(frames) - 1):
         out[t] = calc(frames[t], frames[t + 1])
     return out
+
+
+def flow_with_magnitude(frames: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """(T, H, W) uint8 -> (T-1, H, W, 3): Farneback flow divided by ``scale``, and its magnitude."""
+    flow = optical_flow(frames) / scale
+    return np.concatenate([flow, np.linalg.norm(flow, axis=-1, keepdims=True)], axis=-1)
