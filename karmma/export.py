@@ -67,6 +67,11 @@ def onnx_metadata(path: str | Path) -> dict:
     return json.loads(props.get("karmma", "{}"))
 
 
+def onnx_feed(names: list[str], tokens: list[torch.Tensor], present: torch.Tensor) -> dict[str, np.ndarray]:
+    """The onnxruntime inputs of an exported model: one array per modality and ``present``."""
+    return {**{n: t.numpy() for n, t in zip(names, tokens)}, "present": present.numpy()}
+
+
 def verify_onnx(model: KARMMA, path: str | Path, seed: int = 0, batch: int = 4, tol: float = 1e-4) -> dict:
     """Compare onnxruntime with PyTorch on every non-empty subset; absent inputs hold noise."""
     import onnxruntime as ort
@@ -80,8 +85,6 @@ def verify_onnx(model: KARMMA, path: str | Path, seed: int = 0, batch: int = 4, 
         mask = subset_mask(subset, names, batch)
         with torch.no_grad():
             ref = model(tokens, mask)
-        feed = {n: t.numpy() for n, t in zip(names, tokens)}
-        feed["present"] = mask.numpy()
-        got = sess.run(list(model.tasks), feed)
+        got = sess.run(list(model.tasks), onnx_feed(names, tokens, mask))
         diffs[subset_name(subset)] = float(max(np.abs(g_ - ref[t].numpy()).max() for t, g_ in zip(model.tasks, got)))
     return {"max_abs_diff": diffs, "tol": tol, "ok": all(d <= tol for d in diffs.values())}

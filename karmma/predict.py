@@ -60,7 +60,7 @@ def load_predictor(path: str | Path) -> Predictor:
     if path.suffix == ".onnx":
         import onnxruntime as ort
 
-        from karmma.export import onnx_metadata
+        from karmma.export import onnx_feed, onnx_metadata
 
         if not path.is_file():
             raise DataError(f"ONNX file {path} does not exist; create it with `karmma export`")
@@ -70,9 +70,7 @@ def load_predictor(path: str | Path) -> Predictor:
         tasks = meta["tasks"]
 
         def run(tokens, present):
-            feed = {s.name: t.numpy() for s, t in zip(specs, tokens)}
-            feed["present"] = present.numpy()
-            return dict(zip(tasks, sess.run(list(tasks), feed)))
+            return dict(zip(tasks, sess.run(list(tasks), onnx_feed([s.name for s in specs], tokens, present))))
 
         return Predictor(specs, tasks, meta.get("class_names", {}), run)
     model, meta = load_model(path)
