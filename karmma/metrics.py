@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 
 
@@ -17,6 +18,11 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> flo
     if labels.numel() == 0:
         return float("nan")
     return topk_correct(logits, labels, k).float().mean().item() * 100.0
+
+
+def topk_hits(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """NumPy twin of :func:`topk_correct` for score arrays read from files (ties: lower id first)."""
+    return (np.argsort(-scores, 1, kind="stable")[:, :k] == labels[:, None]).any(1)
 
 
 class AccuracyMeter:

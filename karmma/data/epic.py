@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from karmma.errors import DataError
+from karmma.metrics import topk_hits
 
 NUM_VERBS = 97
 NUM_NOUNS = 300
@@ -124,10 +125,6 @@ def action_scores(verb_scores: np.ndarray, noun_scores: np.ndarray, top_n: int =
     return pairs, np.take_along_axis(flat, order, 1)
 
 
-def _topk(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    return (np.argsort(-scores, 1)[:, :k] == labels[:, None]).any(1)
-
-
 def epic_metrics(
     verb_scores: np.ndarray,
     noun_scores: np.ndarray,
@@ -145,8 +142,8 @@ def epic_metrics(
     pairs, _ = action_scores(verb_scores, noun_scores)
     correct = {}
     for k in ks:
-        correct[f"verb_top{k}"] = _topk(verb_scores, v, k)
-        correct[f"noun_top{k}"] = _topk(noun_scores, n, k)
+        correct[f"verb_top{k}"] = topk_hits(verb_scores, v, k)
+        correct[f"noun_top{k}"] = topk_hits(noun_scores, n, k)
         correct[f"action_top{k}"] = ((pairs[:, :k, 0] == v[:, None]) & (pairs[:, :k, 1] == n[:, None])).any(1)
     groups = {"overall": np.ones(len(v), bool)}
     if unseen_participants is not None:

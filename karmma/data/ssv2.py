@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from karmma.errors import DataError
+from karmma.metrics import topk_hits
 
 NUM_CLASSES = 174
 
@@ -71,5 +72,4 @@ def read_annotations(path: str | Path, classes: list[str]) -> list[Video]:
 
 
 def topk_accuracy(scores: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
-    order = np.argsort(-scores, 1)
-    return {f"top{k}": float(100 * (order[:, :k] == labels[:, None]).any(1).mean()) for k in ks}
+    return {f"top{k}": float(100 * topk_hits(scores, labels, k).mean()) for k in ks}
