@@ -16,9 +16,8 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from pathlib import Path
-
 import weakref
+from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode

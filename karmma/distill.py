@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from karmma.config import ExperimentConfig
 from karmma.data.dataset import Batch, FeatureSet, PairedFeatureSet
+from karmma.distributed import resolve_device
 from karmma.errors import CheckpointError
 from karmma.losses import multitask_distillation
 from karmma.modalities import subset_index
@@ -93,8 +94,6 @@ def distill(
         raise CheckpointError(
             f"teacher modalities {teacher.modality_names} differ from the student's {student.modality_names}"
         )
-    from karmma.distributed import resolve_device
-
     freeze(teacher).to(resolve_device(cfg.device))
     cache = None
     if cfg.distill.cache_teacher_logits:
