@@ -55,8 +55,12 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args()
     torch.manual_seed(0)
-    teacher = KARMMA(specs("teacher"), TASKS, ModelConfig(dim=a.teacher_dim, depth=4, heads=8, head_hidden=a.teacher_dim))
-    student = KARMMA(specs("student"), TASKS, ModelConfig(dim=a.student_dim, depth=4, heads=4, head_hidden=a.student_dim))
+    teacher = KARMMA(
+        specs("teacher"), TASKS, ModelConfig(dim=a.teacher_dim, depth=4, heads=8, head_hidden=a.teacher_dim)
+    )
+    student = KARMMA(
+        specs("student"), TASKS, ModelConfig(dim=a.student_dim, depth=4, heads=4, head_hidden=a.student_dim)
+    )
     full = tuple(s.name for s in teacher.specs)
     rows = {}
     for name, m in (("teacher", teacher), ("student", student)):

@@ -44,13 +44,15 @@ def run_utd_mhad_benchmark(
     cost = cost_table(models, repeats=30)
     paths.update({f"cost_{k}": v for k, v in write_cost(cost, out / "cost").items()})
     metric = "action_top1"
+    n_test = int(list(results["models"]["teacher"]["subsets"].values())[-1]["count"])
     md = "\n\n".join(
         [
-            f"UTD-MHAD cross-subject (train: odd subjects, test: even subjects), {int(results['models']['teacher']['subsets'][list(results['models']['teacher']['subsets'])[-1]]['count'])} test clips, seed {seed}",
+            f"UTD-MHAD cross-subject (train: odd subjects, test: even subjects), {n_test} test clips, seed {seed}",
             format_table(results, metric),
             format_dropout_table(results, metric),
             format_cost_table(cost),
-            f"extraction {t_extract:.0f} s, training and evaluation {t_train:.0f} s, total {time.perf_counter() - t0:.0f} s",
+            f"extraction {t_extract:.0f} s, training and evaluation {t_train:.0f} s, "
+            f"total {time.perf_counter() - t0:.0f} s",
         ]
     )
     (out / "report.md").write_text(md + "\n")

@@ -14,6 +14,7 @@ a process killed at any moment leaves the previous checkpoint usable. Nothing is
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -106,12 +107,27 @@ def _publish(tmp: Path, final: Path) -> Path:
     return final
 
 
+def _write_failed(target: Path, tmp: Path, e: BaseException) -> CheckpointError:
+    """Remove the half-written ``tmp`` and say what happened (disk full, above all)."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    text = str(e)
+    if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in text or "StorageFull" in text:
+        return CheckpointError(
+            f"no space left on the device while writing {target}; the previous checkpoint is intact. "
+            "Free some space and run the same command again to resume"
+        )
+    return CheckpointError(f"cannot write {target} ({text}); the previous checkpoint is intact")
+
+
 def save_model(folder: str | Path, model: KARMMA, meta: dict) -> Path:
     """Atomically write a model checkpoint folder (replacing an existing one)."""
     folder = Path(folder)
     tmp = _fresh_tmp(folder)
-    _save_model_files(tmp, model, meta)
-    return _publish(tmp, folder)
+    try:
+        _save_model_files(tmp, model, meta)
+        return _publish(tmp, folder)
+    except (OSError, SafetensorError) as e:
+        raise _write_failed(folder, tmp, e) from e
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -152,12 +168,15 @@ def save_training_checkpoint(
     name = f"step-{state['global_step']:08d}"
     final = ckdir / name
     tmp = _fresh_tmp(final)
-    _save_model_files(tmp, model, meta)
-    tensors, opt_meta = _optimizer_tensors(optimizer)
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
-    (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
-    _publish(tmp, final)
+    try:
+        _save_model_files(tmp, model, meta)
+        tensors, opt_meta = _optimizer_tensors(optimizer)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
+        (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
+        _publish(tmp, final)
+    except (OSError, SafetensorError) as e:
+        raise _write_failed(final, tmp, e) from e
     fault_point("checkpoint-pointer")
     write_json_atomic(ckdir / "latest.json", {"checkpoint": name, "global_step": state["global_step"]})
     steps = sorted(p for p in ckdir.glob("step-*") if p.is_dir())
@@ -179,7 +198,9 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     try:
         name = json.loads(pointer.read_text())["checkpoint"]
     except (json.JSONDecodeError, KeyError) as e:
-        raise CheckpointError(f"{pointer} is corrupt ({e}); delete it to start over, or point it at a step-* folder") from e
+        raise CheckpointError(
+            f"{pointer} is corrupt ({e}); delete it to start over, or point it at a step-* folder"
+        ) from e
     path = ckdir / name
     if not (path / "model.safetensors").is_file():
         raise CheckpointError(f"{pointer} names {path}, which is missing or incomplete")
@@ -210,9 +231,35 @@ def read_model_meta(folder: Path) -> dict:
         raise CheckpointError(f"{meta_path} is missing; the checkpoint is incomplete") from e
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{meta_path} is not valid JSON ({e}); the checkpoint is corrupt") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{meta_path}: expected a JSON object, got a {type(meta).__name__}; not a karmma model")
     if meta.get("format") != MODEL_FORMAT:
         raise CheckpointError(f"{meta_path}: not a karmma model (format={meta.get('format')!r})")
+    _check_meta(meta, meta_path)
     return meta
+
+
+def _check_meta(meta: dict, where: Path) -> None:
+    """The shapes of model.json's entries, each error naming the entry."""
+    tasks, specs, names = meta.get("tasks"), meta.get("specs"), meta.get("class_names", {})
+    if not isinstance(tasks, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and v >= 1 for k, v in tasks.items()
+    ):
+        raise CheckpointError(
+            f"{where}: 'tasks' must map each task name to its class count, e.g. "
+            f'{{"verb": 97, "noun": 300}}; got {tasks!r}'
+        )
+    if not isinstance(specs, list) or not all(isinstance(d, dict) for d in specs):
+        raise CheckpointError(f"{where}: 'specs' must be a list of {{name, num_tokens, dim}} objects; got {specs!r}")
+    if not isinstance(names, dict):
+        raise CheckpointError(f"{where}: 'class_names' must map task -> list of names; got a {type(names).__name__}")
+    for task, lst in names.items():
+        if task in tasks and (not isinstance(lst, list) or len(lst) != tasks[task]):
+            count = len(lst) if isinstance(lst, list) else "not a list of"
+            raise CheckpointError(
+                f"{where}: 'class_names' of task {task!r} has {count} names for "
+                f"{tasks[task]} classes; give one name per class (or none)"
+            )
 
 
 def load_model(path: str | Path, expect: dict | None = None) -> tuple[KARMMA, dict]:
@@ -250,7 +297,9 @@ def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], where: s
             for part in (
                 f"missing {missing[:3]}" if missing else "",
                 f"unexpected {unexpected[:3]}" if unexpected else "",
-                f"shape mismatch {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in wrong[:3]]}" if wrong else "",
+                f"shape mismatch {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in wrong[:3]]}"
+                if wrong
+                else "",
             )
             if part
         )
@@ -270,7 +319,11 @@ def check_compatible(meta: dict, expect: dict, where: str) -> None:
 def load_training_checkpoint(folder: Path, model: KARMMA, optimizer: torch.optim.Optimizer) -> dict:
     """Restore model and optimizer from a training checkpoint; returns its ``state.json``."""
     meta = read_model_meta(folder)
-    check_compatible(meta, {"specs": [s.to_dict() for s in model.specs], "tasks": model.tasks, "model": asdict(model.cfg)}, str(folder))
+    check_compatible(
+        meta,
+        {"specs": [s.to_dict() for s in model.specs], "tasks": model.tasks, "model": asdict(model.cfg)},
+        str(folder),
+    )
     try:
         _load_state(model, load_file(str(folder / "model.safetensors")), str(folder))
         _load_optimizer(optimizer, folder)
@@ -278,4 +331,6 @@ def load_training_checkpoint(folder: Path, model: KARMMA, optimizer: torch.optim
     except (SafetensorError, OSError, json.JSONDecodeError, KeyError, ValueError) as e:
         if isinstance(e, CheckpointError):
             raise
-        raise CheckpointError(f"{folder}: unreadable training checkpoint ({e}); delete it to resume from an older one") from e
+        raise CheckpointError(
+            f"{folder}: unreadable training checkpoint ({e}); delete it to resume from an older one"
+        ) from e

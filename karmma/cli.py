@@ -9,11 +9,21 @@ import sys
 import time
 from pathlib import Path
 
-from karmma.errors import KarmmaError
+from karmma.errors import Interrupted, KarmmaError
 
 
 def _progress(args: argparse.Namespace) -> bool:
     return not args.no_progress
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
 
 
 def _config(args: argparse.Namespace):
@@ -29,8 +39,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     print("karmma demo: teacher -> student -> baselines -> evaluation on the embedded synthetic data")
-    res = run_demo(args.out, epochs=args.epochs, overrides=args.set, repeats=args.repeats,
-                   progress=_progress(args), resume=not args.no_resume)
+    res = run_demo(
+        args.out,
+        epochs=args.epochs,
+        overrides=args.set,
+        repeats=args.repeats,
+        progress=_progress(args),
+        resume=not args.no_resume,
+    )
     metric = main_metric(res.tasks)
     print()
     print(format_table(res.results, metric))
@@ -141,9 +157,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_extract(args: argparse.Namespace) -> int:
     from karmma.extractors.extract import run_extract
 
-    path = run_extract(args.dataset, args.root, args.out, split=args.split, encoder=args.encoder,
-                       weights=args.weights, resume=not args.no_resume, progress=_progress(args),
-                       on_error=args.on_error, limit=args.limit, workers=args.workers)
+    path = run_extract(
+        args.dataset,
+        args.root,
+        args.out,
+        split=args.split,
+        encoder=args.encoder,
+        weights=args.weights,
+        resume=not args.no_resume,
+        progress=_progress(args),
+        on_error=args.on_error,
+        limit=args.limit,
+        workers=args.workers,
+    )
     print(f"feature store: {path}")
     return 0
 
@@ -151,8 +177,15 @@ def cmd_extract(args: argparse.Namespace) -> int:
 def cmd_utd(args: argparse.Namespace) -> int:
     from karmma.benchmark import run_utd_mhad_benchmark
 
-    report = run_utd_mhad_benchmark(args.root, args.out, epochs=args.epochs, progress=_progress(args),
-                                    limit=args.limit, seed=args.seed, repeats=args.repeats)
+    report = run_utd_mhad_benchmark(
+        args.root,
+        args.out,
+        epochs=args.epochs,
+        progress=_progress(args),
+        limit=args.limit,
+        seed=args.seed,
+        repeats=args.repeats,
+    )
     print(report["markdown"])
     return 0
 
@@ -173,14 +206,22 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="karmma", description="KARMMA: multimodal distillation robust to missing modalities")
+    p = argparse.ArgumentParser(
+        prog="karmma", description="KARMMA: multimodal distillation robust to missing modalities"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser, config: bool = True) -> None:
         if config:
             sp.add_argument("--config", required=True, help="a YAML config or a preset name (see `karmma presets`)")
-            sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. optim.epochs=5")
+            sp.add_argument(
+                "--set",
+                action="append",
+                default=[],
+                metavar="KEY=VALUE",
+                help="override a config key, e.g. optim.epochs=5",
+            )
         sp.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     sp = sub.add_parser("demo", help="teacher -> student -> baselines -> evaluation on the embedded data")
@@ -231,20 +272,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("predict", help="predict one sample from whatever modalities it has")
     sp.add_argument("model", help="an .onnx file or a checkpoint/run folder")
-    sp.add_argument("--input", required=True, help=".npz/.safetensors with one (num_tokens, dim) array per available modality")
+    sp.add_argument(
+        "--input", required=True, help=".npz/.safetensors with one (num_tokens, dim) array per available modality"
+    )
     sp.add_argument("--modalities", help="use only these (e.g. rgb+audio)")
-    sp.add_argument("--topk", type=int, default=5)
+    sp.add_argument("--topk", type=_positive_int, default=5, help="how many classes to show per task (>= 1)")
     sp.add_argument("--json", help="also write the prediction as JSON here")
     sp.set_defaults(func=cmd_predict)
 
     sp = sub.add_parser("extract", help="decode media, compute flow, run frozen encoders, write a feature store")
-    sp.add_argument("dataset", choices=["utd_mhad", "video"], help="utd_mhad: the .mat release; video: a folder of clips + labels.csv")
+    sp.add_argument(
+        "dataset",
+        choices=["utd_mhad", "video"],
+        help="utd_mhad: the .mat release; video: a folder of clips + labels.csv",
+    )
     sp.add_argument("--root", required=True)
     sp.add_argument("--out", required=True, help="the .h5 feature store to write")
     sp.add_argument("--split", default="all", choices=["all", "train", "test"])
-    sp.add_argument("--encoder", default="pool", choices=["pool", "cnn"], help="pool: parameter-free; cnn: needs --weights")
+    sp.add_argument(
+        "--encoder", default="pool", choices=["pool", "cnn"], help="pool: parameter-free; cnn: needs --weights"
+    )
     sp.add_argument("--weights", help="folder of pretrained encoder weights (safetensors), for --encoder cnn")
-    sp.add_argument("--on-error", default="raise", choices=["raise", "absent"], help="a corrupt media file: stop, or record the modality absent")
+    sp.add_argument(
+        "--on-error",
+        default="raise",
+        choices=["raise", "absent"],
+        help="a corrupt media file: stop, or record the modality absent",
+    )
     sp.add_argument("--limit", type=int, default=None, help="only the first N clips (smoke tests)")
     sp.add_argument("--workers", type=int, default=1)
     sp.add_argument("--no-resume", action="store_true")
@@ -270,14 +324,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _configure_logging(args: argparse.Namespace) -> None:
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if not getattr(args, "no_progress", True):
+        # Progress without a terminal: a line per epoch / per tenth of the work, never a bar.
+        logging.getLogger("karmma.progress").setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse: --help (0) or a usage error (2, message already printed)
+        return int(e.code or 0)
+    _configure_logging(args)
     try:
         return args.func(args)
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        return e.exit_code
     except KarmmaError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted; nothing was lost that a re-run cannot redo (runs resume from their last checkpoint)",
+            file=sys.stderr,
+        )
+        return 130
 
 
 if __name__ == "__main__":

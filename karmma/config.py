@@ -7,7 +7,10 @@ Values the paper does not state are marked ``# paper-unknown default`` and liste
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +22,9 @@ import yaml
 from karmma.errors import ConfigError
 
 MISSING_STRATEGIES = ("token", "zero", "attn_mask")
+DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# A YAML 1.1 loader reads ``1e-3`` (no dot) as a string; such strings are accepted as numbers.
+_NUMBER_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(\.inf|\.nan)", re.IGNORECASE)
 DROPOUT_KINDS = ("none", "independent", "subset")
 
 
@@ -45,19 +51,23 @@ class ModelConfig:
             raise ConfigError(f"model.missing={self.missing!r}; choose one of {MISSING_STRATEGIES}")
         if self.head_average not in ("all", "present"):
             raise ConfigError(f"model.head_average={self.head_average!r}; choose 'all' or 'present'")
-        if self.dim % self.heads:
-            raise ConfigError(f"model.dim={self.dim} must be divisible by model.heads={self.heads}")
+        if self.heads < 1:
+            raise ConfigError(f"model.heads={self.heads} must be >= 1 (attention heads of the fusion block)")
         if self.dim < 1 or self.depth < 1 or self.head_hidden < 1:
             raise ConfigError("model.dim, model.depth and model.head_hidden must be >= 1")
+        if self.dim % self.heads:
+            raise ConfigError(f"model.dim={self.dim} must be divisible by model.heads={self.heads}")
+        if not (math.isfinite(self.mlp_ratio) and self.mlp_ratio > 0):
+            raise ConfigError(f"model.mlp_ratio={self.mlp_ratio} must be a finite number > 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
 
     @classmethod
-    def teacher(cls) -> "ModelConfig":
+    def teacher(cls) -> ModelConfig:
         return cls(dim=256, depth=4, heads=8, head_hidden=256)
 
     @classmethod
-    def student(cls) -> "ModelConfig":
+    def student(cls) -> ModelConfig:
         # A compact fusion block: half the width keeps well under 50% of the teacher's FLOPs.
         return cls(dim=128, depth=4, heads=4, head_hidden=128)
 
@@ -72,7 +82,7 @@ class ModalityDropoutConfig:
     def validate(self) -> None:
         if self.kind not in DROPOUT_KINDS:
             raise ConfigError(f"modality_dropout.kind={self.kind!r}; choose one of {DROPOUT_KINDS}")
-        if not 0.0 <= self.p <= 1.0:
+        if not 0.0 <= self.p <= 1.0:  # also refuses NaN
             raise ConfigError(f"modality_dropout.p={self.p} must be in [0, 1]")
 
 
@@ -91,8 +101,16 @@ class OptimConfig:
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("optim.epochs and optim.batch_size must be >= 1")
-        if self.lr <= 0:
-            raise ConfigError(f"optim.lr={self.lr} must be > 0")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"optim.lr={self.lr} must be a finite number > 0")
+        for key in ("weight_decay", "grad_clip"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"optim.{key}={value} must be a finite number >= 0")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"optim.warmup_steps={self.warmup_steps} must be >= 0")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"optim.label_smoothing={self.label_smoothing} must be in [0, 1)")
 
 
 @dataclass
@@ -106,8 +124,8 @@ class DistillConfig:
     def validate(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"distill.alpha={self.alpha} must be in [0, 1]")
-        if self.temperature <= 0:
-            raise ConfigError(f"distill.temperature={self.temperature} must be > 0")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ConfigError(f"distill.temperature={self.temperature} must be a finite number > 0")
 
 
 @dataclass
@@ -155,11 +173,13 @@ class ExperimentConfig:
     checkpoint_every: int = 0  # also checkpoint every N steps (0: at the end of each epoch only)
     keep_checkpoints: int = 2
 
-    def validate(self) -> "ExperimentConfig":
+    def validate(self) -> ExperimentConfig:
         for part in (self.data, self.model, self.modality_dropout, self.optim, self.distill):
             part.validate()
         if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
             raise ConfigError("checkpoint_every must be >= 0 and keep_checkpoints >= 1")
+        if not DEVICE_RE.fullmatch(self.device):
+            raise ConfigError(f"device={self.device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -201,12 +221,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _NUMBER_RE.fullmatch(value.strip()):
+        return float(value.strip().lower().replace(".inf", "inf").replace(".nan", "nan"))
     if tp in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got the boolean {value!r}")
     if isinstance(tp, type) and not isinstance(value, tp):
-        raise ConfigError(
-            f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}"
-        )
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
     return value
 
 
@@ -217,8 +237,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key(s) {unknown}; valid keys are {sorted(names)} "
-            "(check the spelling, or remove the key)"
+            f"{where}: unknown key(s) {unknown}; valid keys are {sorted(names)} (check the spelling, or remove the key)"
         )
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     return cls(**kwargs)
@@ -233,16 +252,31 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e}); fix the syntax") from e
     if data is None:
-        data = {}
+        raise ConfigError(f"{path}: the file is empty; write the config keys (see `karmma presets` for examples)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of config keys")
     return data
 
 
+def _validated(data: dict[str, Any], where: str) -> ExperimentConfig:
+    cfg = from_dict(ExperimentConfig, data, where)
+    try:
+        return cfg.validate()
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load an :class:`ExperimentConfig` from YAML, then apply ``key.sub=value`` overrides."""
+    """Load an :class:`ExperimentConfig` from YAML, then apply ``key.sub=value`` overrides.
+
+    Errors name the file (for its own keys) or ``--set KEY=VALUE`` (for an override's).
+    """
     data = load_yaml(path) if path else {}
-    for item in overrides or []:
+    where = str(path) if path else "config"
+    if not overrides:
+        return _validated(data, where)
+    from_dict(ExperimentConfig, copy.deepcopy(data), where)  # the file's own keys and types first
+    for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         key, raw = item.split("=", 1)
@@ -253,8 +287,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {p} is not a section")
         node[parts[-1]] = yaml.safe_load(raw)
-    where = str(path) if path else "config"
-    return from_dict(ExperimentConfig, data, where).validate()
+    try:
+        return _validated(data, "config")
+    except ConfigError as e:
+        text = str(e).removeprefix("config: ").removeprefix("config.")
+        blamed = [o for o in overrides if o.split("=", 1)[0].strip() in text] or overrides
+        raise ConfigError(f"--set {' --set '.join(blamed)} (on {where}): {text}") from None
 
 
 def model_config_from_json(data: dict[str, Any], where: str) -> ModelConfig:

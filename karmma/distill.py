@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from karmma.config import ExperimentConfig
 from karmma.data.dataset import Batch, FeatureSet, PairedFeatureSet
@@ -22,7 +21,9 @@ from karmma.errors import CheckpointError
 from karmma.losses import multitask_distillation
 from karmma.modalities import subset_index
 from karmma.models.karmma import KARMMA
-from karmma.train import FitResult, fit
+from karmma.progress import progress_bar
+from karmma.rundir import module_sha256
+from karmma.train import FitResult, check_training_data, fit
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def cache_teacher_logits(
     codes = range(1, 2**m)
     cache = {t: torch.zeros(n, len(codes), c) for t, c in teacher.tasks.items()}
     device = next(teacher.parameters()).device
-    bar = tqdm(total=len(codes) * ((n + batch_size - 1) // batch_size), disable=not progress, desc="teacher logits")
+    bar = progress_bar(len(codes) * ((n + batch_size - 1) // batch_size), "teacher logits", progress)
     for start in range(0, n, batch_size):
         rows = np.arange(start, min(n, start + batch_size))
         tokens = [t.to(device) for t in data.teacher.get_batch(rows).tokens]
@@ -94,6 +95,8 @@ def distill(
         raise CheckpointError(
             f"teacher modalities {teacher.modality_names} differ from the student's {student.modality_names}"
         )
+    check_training_data(data, val_data)
+    teacher_hash = module_sha256(teacher)
     freeze(teacher).to(resolve_device(cfg.device))
     cache = None
     if cfg.distill.cache_teacher_logits:
@@ -109,4 +112,6 @@ def distill(
         resume=resume,
         progress=progress,
         extra_meta={"stage": "distill", **(extra_meta or {})},
+        fingerprint_extra={"teacher weights": teacher_hash},
+        check_data=False,
     )

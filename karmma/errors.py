@@ -15,3 +15,9 @@ class DataError(KarmmaError, ValueError):
 
 class CheckpointError(KarmmaError, ValueError):
     """A checkpoint is missing, corrupt, or of another architecture."""
+
+
+class Interrupted(KarmmaError):
+    """The user stopped a run (Ctrl-C); the message says where and how to resume."""
+
+    exit_code = 130

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from karmma.data.dataset import FeatureSet
 from karmma.metrics import AccuracyMeter
 from karmma.modalities import all_subsets, subset_mask, subset_name
 from karmma.modality_dropout import sensor_dropout_masks
+from karmma.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,7 @@ def evaluate_sensor_dropout(
     out = {}
     for rate in rates:
         runs = [
-            run_masked(model, data, lambda p, rows, m=all_masks[(rate, r)]: m[rows], batch_size)
-            for r in range(repeats)
+            run_masked(model, data, lambda p, rows, m=all_masks[(rate, r)]: m[rows], batch_size) for r in range(repeats)
         ]
         keys = [k for k in runs[0] if k not in ("count", "skipped")]
         res = {k: float(np.mean([x[k] for x in runs])) for k in keys}
@@ -108,12 +107,15 @@ def evaluate_models(
 ) -> dict:
     """Evaluate several models (each on its own feature set ``data[name]``)."""
     results: dict = {"seed": seed, "repeats": repeats, "models": {}}
-    for name in tqdm(list(models), disable=not progress, desc="evaluate"):
+    bar = progress_bar(len(models), "evaluate", progress, unit="model")
+    for name in list(models):
         model = models[name]
         results["models"][name] = {
             "subsets": evaluate_subsets(model, data[name]),
             "sensor_dropout": evaluate_sensor_dropout(model, data[name], rates, seed, repeats),
         }
+        bar.update(1)
+    bar.close()
     return results
 
 
@@ -127,7 +129,11 @@ def write_results(results: dict, out_dir: str | Path, tasks: Sequence[str]) -> d
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "results.json", "subsets_csv": out / "subsets.csv", "dropout_csv": out / "sensor_dropout.csv"}
+    paths = {
+        "json": out / "results.json",
+        "subsets_csv": out / "subsets.csv",
+        "dropout_csv": out / "sensor_dropout.csv",
+    }
     paths["json"].write_text(json.dumps(results, indent=2, sort_keys=True))
     metrics = [f"{t}_top{k}" for t in tasks for k in (1, 5)]
     with open(paths["subsets_csv"], "w", newline="") as f:
@@ -154,7 +160,9 @@ def format_table(results: dict, metric: str) -> str:
     subsets = list(next(iter(results["models"].values()))["subsets"])
     lines = [f"| subset ({metric}) | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
     for s in subsets:
-        lines.append(f"| {s} | " + " | ".join(f"{results['models'][m]['subsets'][s][metric]:.1f}" for m in models) + " |")
+        lines.append(
+            f"| {s} | " + " | ".join(f"{results['models'][m]['subsets'][s][metric]:.1f}" for m in models) + " |"
+        )
     return "\n".join(lines)
 
 

@@ -19,7 +19,8 @@ import onnx
 import torch
 from torch import nn
 
-from karmma.modalities import all_subsets, subset_mask, subset_name
+from karmma.errors import DataError, KarmmaError
+from karmma.modalities import ModalitySpec, all_subsets, subset_mask, subset_name
 from karmma.models.karmma import KARMMA
 
 log = logging.getLogger(__name__)
@@ -37,34 +38,65 @@ class _Positional(nn.Module):
 
 
 def export_onnx(model: KARMMA, meta: dict, path: str | Path, opset: int = 17) -> Path:
+    """Write ``path`` atomically; the model is left in eval mode (as it was exported)."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"--out {path} is a folder; give a file name, e.g. {path / 'student.onnx'}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
+    model.eval()
     names = model.modality_names
     tokens = [torch.randn(2, s.num_tokens, s.dim) for s in model.specs]
     present = torch.ones(2, len(names), dtype=torch.bool)
     dynamic = {n: {0: "batch"} for n in [*names, "present", *model.tasks]}
     tmp = path.with_name(f".{path.name}.tmp")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            _Positional(model), (*tokens, present), str(tmp),
-            input_names=[*names, "present"], output_names=list(model.tasks),
-            dynamic_axes=dynamic, opset_version=opset, dynamo=False,
-        )  # fmt: skip
-    proto = onnx.load(str(tmp))
-    keep = {k: meta[k] for k in ("specs", "tasks", "class_names", "model", "feature_set", "name") if k in meta}
-    onnx.helper.set_model_props(proto, {"karmma": json.dumps(keep)})
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(tmp))
-    tmp.replace(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # The wrapper must be in eval mode too: the exporter restores the *wrapper's* mode on
+            # return, recursively, which would otherwise switch the model back to training.
+            torch.onnx.export(
+                _Positional(model).eval(), (*tokens, present), str(tmp),
+                input_names=[*names, "present"], output_names=list(model.tasks),
+                dynamic_axes=dynamic, opset_version=opset, dynamo=False,
+            )  # fmt: skip
+        proto = onnx.load(str(tmp))
+        keep = {k: meta[k] for k in ("specs", "tasks", "class_names", "model", "feature_set", "name") if k in meta}
+        onnx.helper.set_model_props(proto, {"karmma": json.dumps(keep)})
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        model.eval()
     return path
 
 
 def onnx_metadata(path: str | Path) -> dict:
-    proto = onnx.load(str(path), load_external_data=False)
+    """The karmma metadata inside an exported file; :class:`DataError` for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"ONNX file {path} does not exist; create it with `karmma export`")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf DecodeError, truncated files, ...
+        raise DataError(
+            f"{path}: not a readable ONNX model ({type(e).__name__}); the file is truncated or "
+            "not ONNX — export it again with `karmma export`"
+        ) from e
     props = {p.key: p.value for p in proto.metadata_props}
-    return json.loads(props.get("karmma", "{}"))
+    if "karmma" not in props:
+        raise DataError(
+            f"{path}: this ONNX model has no karmma metadata (modalities, tasks); "
+            "predict takes files written by `karmma export`"
+        )
+    try:
+        meta = json.loads(props["karmma"])
+        [ModalitySpec(**d) for d in meta["specs"]]
+        if not isinstance(meta["tasks"], dict):
+            raise TypeError("tasks is not a mapping")
+    except (json.JSONDecodeError, KeyError, TypeError, KarmmaError) as e:
+        raise DataError(f"{path}: its karmma metadata is corrupt ({e}); export the model again") from e
+    return meta
 
 
 def onnx_feed(names: list[str], tokens: list[torch.Tensor], present: torch.Tensor) -> dict[str, np.ndarray]:
@@ -76,6 +108,7 @@ def verify_onnx(model: KARMMA, path: str | Path, seed: int = 0, batch: int = 4, 
     """Compare onnxruntime with PyTorch on every non-empty subset; absent inputs hold noise."""
     import onnxruntime as ort
 
+    model.eval()
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     g = torch.Generator().manual_seed(seed)
     names = model.modality_names

@@ -1,5 +1,6 @@
-"""Fault injection for the reliability tests: ``KARMMA_FAULT=name[@N]`` SIGKILLs the process the
-N-th time (default 1st) ``fault_point(name)`` is reached. Inert unless that variable is set."""
+"""Fault injection for the reliability tests: ``KARMMA_FAULT=name[@N][:action]`` acts the N-th time
+(default 1st) ``fault_point(name)`` is reached. Actions: ``kill`` (default: SIGKILL the process)
+and ``interrupt`` (raise KeyboardInterrupt, as Ctrl-C does). Inert unless that variable is set."""
 
 from __future__ import annotations
 
@@ -13,9 +14,13 @@ def fault_point(name: str) -> None:
     spec = os.environ.get("KARMMA_FAULT")
     if not spec:
         return
+    spec, _, action = spec.partition(":")
     target, _, nth = spec.partition("@")
     if target != name:
         return
     _counts[name] = _counts.get(name, 0) + 1
     if _counts[name] == int(nth or 1):
+        if action == "interrupt":
+            _counts.pop(name)
+            raise KeyboardInterrupt
         os.kill(os.getpid(), signal.SIGKILL)

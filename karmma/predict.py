@@ -19,18 +19,31 @@ def read_sample(path: str | Path, only: str | None = None) -> dict[str, np.ndarr
     path = Path(path)
     if not path.is_file():
         raise DataError(f"sample file {path} does not exist")
+    if path.suffix not in (".npz", ".safetensors"):
+        raise DataError(f"{path}: use an .npz or .safetensors file with one (num_tokens, dim) array per modality")
     try:
         if path.suffix == ".npz":
+            with open(path, "rb") as f:
+                if f.read(4) != b"PK\x03\x04":
+                    raise DataError(f"{path}: not an .npz archive (no zip signature); write it with numpy.savez")
             with np.load(path, allow_pickle=False) as z:
                 sample = {k: z[k] for k in z.files}
-        elif path.suffix == ".safetensors":
+        else:
             from safetensors.numpy import load_file
 
             sample = load_file(str(path))
-        else:
-            raise DataError(f"{path}: use an .npz or .safetensors file with one array per modality")
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read the sample ({e}); the file is corrupt") from e
+    except DataError:
+        raise
+    except ValueError as e:  # an object array inside the .npz: refused, never unpickled
+        raise DataError(f"{path}: holds a non-numeric (object) array ({e}); save float arrays only") from e
+    except (OSError, RuntimeError, Exception) as e:  # zip/safetensors decoding errors
+        raise DataError(f"{path}: cannot read the sample ({type(e).__name__}: {e}); the file is corrupt") from e
+    for name, arr in sample.items():
+        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            raise DataError(
+                f"{path}: modality {name!r} is a {arr.dtype} array; features must be numbers "
+                "(float32, one (num_tokens, dim) array per modality)"
+            )
     if only:
         keep = parse_subset(only, list(sample))
         sample = {k: v for k, v in sample.items() if k in keep}
@@ -38,10 +51,14 @@ def read_sample(path: str | Path, only: str | None = None) -> dict[str, np.ndarr
 
 
 class Predictor:
-    def __init__(self, specs: list[ModalitySpec], tasks: dict[str, int], class_names: dict[str, list[str]], run) -> None:
+    def __init__(
+        self, specs: list[ModalitySpec], tasks: dict[str, int], class_names: dict[str, list[str]], run
+    ) -> None:
         self.specs, self.tasks, self.class_names, self._run = specs, tasks, class_names, run
 
     def predict(self, sample: dict[str, np.ndarray], topk: int = 5, source: str = "sample") -> dict:
+        if topk < 1:
+            raise DataError(f"topk={topk}; ask for at least 1 class")
         tokens, present = tokens_from_mapping(self.specs, sample, source)
         logits = self._run(tokens, present)
         out = {"present": [s.name for s, p in zip(self.specs, present[0]) if p],
@@ -51,7 +68,9 @@ class Predictor:
             k = min(topk, len(probs))
             vals, idx = probs.topk(k)
             names = self.class_names.get(task) or []
-            out["topk"][task] = [(int(i), names[int(i)] if int(i) < len(names) else str(int(i)), float(v)) for v, i in zip(vals, idx)]
+            out["topk"][task] = [
+                (int(i), names[int(i)] if int(i) < len(names) else str(int(i)), float(v)) for v, i in zip(vals, idx)
+            ]
         return out
 
 
@@ -62,11 +81,12 @@ def load_predictor(path: str | Path) -> Predictor:
 
         from karmma.export import onnx_feed, onnx_metadata
 
-        if not path.is_file():
-            raise DataError(f"ONNX file {path} does not exist; create it with `karmma export`")
         meta = onnx_metadata(path)
         specs = [ModalitySpec(**d) for d in meta["specs"]]
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        try:
+            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime's InvalidGraph / Fail
+            raise DataError(f"{path}: onnxruntime cannot load it ({e}); export the model again") from e
         tasks = meta["tasks"]
 
         def run(tokens, present):

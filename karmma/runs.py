@@ -10,9 +10,10 @@ import torch
 
 from karmma.checkpoint import load_model
 from karmma.config import DataConfig, ExperimentConfig, from_dict, load_config
-from karmma.data.dataset import FeatureSet, feature_stats
+from karmma.data.dataset import FeatureSet, check_fits, feature_stats, require_samples
 from karmma.data.sources import load_paired, load_split
 from karmma.distill import distill
+from karmma.errors import DataError
 from karmma.evaluate import evaluate_models
 from karmma.models.karmma import KARMMA
 from karmma.presets import preset_path
@@ -37,7 +38,16 @@ def run_train(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = True, p
     seed_everything(cfg.seed)
     model = KARMMA(train.specs, train.tasks, cfg.model)
     model.embed.set_input_stats(*feature_stats(train))
-    return fit(model, train, cfg, run_dir, val_data=_val(cfg), resume=resume, progress=progress, extra_meta=_meta_extra(cfg, "train"))
+    return fit(
+        model,
+        train,
+        cfg,
+        run_dir,
+        val_data=_val(cfg),
+        resume=resume,
+        progress=progress,
+        extra_meta=_meta_extra(cfg, "train"),
+    )
 
 
 def run_distill(
@@ -49,10 +59,17 @@ def run_distill(
     seed_everything(cfg.seed)
     student = KARMMA(data.specs, data.tasks, cfg.model)
     student.embed.set_input_stats(*feature_stats(data.student))
-    return distill(student, teacher, data, cfg, run_dir, val_data=_val(cfg), resume=resume, progress=progress,
-                   extra_meta={**_meta_extra(cfg, "distill"), "teacher": str(teacher_path)})
-
-
+    return distill(
+        student,
+        teacher,
+        data,
+        cfg,
+        run_dir,
+        val_data=_val(cfg),
+        resume=resume,
+        progress=progress,
+        extra_meta={**_meta_extra(cfg, "distill"), "teacher": str(teacher_path)},
+    )
 
 
 def load_eval_data(meta: dict, val_store: str | None = None) -> FeatureSet:
@@ -63,8 +80,12 @@ def load_eval_data(meta: dict, val_store: str | None = None) -> FeatureSet:
     elif "data" in meta:
         data_cfg = from_dict(DataConfig, meta["data"], "model.json:data")
     else:
-        raise ValueError("this model records no data; pass --val PATH (a feature store)")
-    return load_split(data_cfg, "val", feature_set)
+        raise DataError("this model records no data; pass --val PATH (a feature store)")
+    if data_cfg.kind == "store" and not data_cfg.val:
+        raise DataError("this model was trained without a validation store; pass --val PATH (a feature store)")
+    data = load_split(data_cfg, "val", feature_set)
+    require_samples(data, "evaluation")
+    return data
 
 
 def run_evaluate(
@@ -80,6 +101,7 @@ def run_evaluate(
         model, meta = load_model(path)
         models[name] = model.eval()
         data[name] = load_eval_data(meta, val_store)
+        check_fits(model.specs, model.tasks, meta.get("class_names", {}), data[name], f"model {name} ({path})")
     tasks = list(next(iter(models.values())).tasks)
     return evaluate_models(models, data, seed=seed, repeats=repeats, progress=progress), tasks
 
@@ -118,7 +140,9 @@ def run_comparison(
     log.info("stage 2: student distilled from the teacher")
     run_distill(student(), dirs["teacher"], dirs["student"], resume=resume, progress=progress)
     log.info("baselines: the student architecture without distillation")
-    run_train(student("modality_dropout.kind=none", "name=baseline-ce"), dirs["baseline-ce"], resume=resume, progress=progress)
+    run_train(
+        student("modality_dropout.kind=none", "name=baseline-ce"), dirs["baseline-ce"], resume=resume, progress=progress
+    )
     run_train(student("name=baseline-md"), dirs["baseline-md"], resume=resume, progress=progress)
     results, tasks = run_evaluate(dirs, seed=teacher_cfg.seed, repeats=repeats, progress=progress)
     return results, tasks, dirs

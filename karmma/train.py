@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm.auto import tqdm
 
 from karmma import distributed
 from karmma.checkpoint import (
@@ -32,14 +31,18 @@ from karmma.checkpoint import (
     write_json_atomic,
 )
 from karmma.config import ExperimentConfig
-from karmma.data.dataset import Batch, FeatureSet
+from karmma.data.dataset import Batch, FeatureSet, check_fits, require_samples, validate_features
+from karmma.errors import Interrupted
 from karmma.evaluate import run_masked
 from karmma.faults import fault_point
 from karmma.losses import multitask_ce
 from karmma.modality_dropout import apply_modality_dropout
 from karmma.models.karmma import KARMMA
+from karmma.progress import progress_bar
+from karmma.rundir import RunLock, check_resume, fingerprint, start_fresh
 
 log = logging.getLogger(__name__)
+progress_log = logging.getLogger("karmma.progress")
 
 LossFn = Callable[[torch.nn.Module, Batch, torch.Tensor], torch.Tensor]
 
@@ -49,7 +52,6 @@ class FitResult:
     run_dir: Path
     global_step: int
     history: list[dict[str, Any]] = field(default_factory=list)
-    seconds: float = 0.0
     samples_per_second: float = 0.0
 
 
@@ -94,6 +96,19 @@ def quick_eval(model: torch.nn.Module, data: FeatureSet, batch_size: int = 256) 
     return out
 
 
+def check_training_data(train_data: FeatureSet, val_data: FeatureSet | None) -> None:
+    """Everything that can be known wrong before the first step: empty splits, NaN/Inf or absurd
+    features in either split, a validation split of other modalities or classes."""
+    require_samples(train_data, "training")
+    for fs in (train_data.student, train_data.teacher) if hasattr(train_data, "teacher") else (train_data,):
+        validate_features(fs, "training")
+    if val_data is not None:
+        require_samples(val_data, "validation")
+        ref = train_data.student if hasattr(train_data, "teacher") else train_data
+        check_fits(ref.specs, ref.tasks, ref.class_names, val_data, f"the training split ({ref.source})")
+        validate_features(val_data, "validation")
+
+
 def fit(
     model: KARMMA,
     train_data: FeatureSet,
@@ -105,11 +120,34 @@ def fit(
     resume: bool = True,
     progress: bool = False,
     extra_meta: dict | None = None,
+    fingerprint_extra: dict | None = None,
+    check_data: bool = True,
 ) -> FitResult:
-    """Train ``model`` on ``train_data``; checkpoints and the final model go to ``run_dir``."""
+    """Train ``model`` on ``train_data``; checkpoints and the final model go to ``run_dir``.
+
+    The run folder is locked for the duration; resuming checks that config and data are those
+    the run was started with (``fingerprint_extra`` adds other inputs, e.g. the teacher's hash).
+    """
     cfg.validate()
+    if check_data:
+        check_training_data(train_data, val_data)
     run_dir = Path(run_dir)
     info = distributed.current()
+    if not info.is_main:
+        return _fit(model, train_data, cfg, run_dir, loss_fn, val_data, resume, progress, extra_meta)
+    with RunLock(run_dir):
+        fp = fingerprint(cfg.to_dict(), train_data, fingerprint_extra)
+        if resume and latest_checkpoint(run_dir) is not None:
+            check_resume(run_dir, fp)
+        else:
+            start_fresh(run_dir, fp)
+        write_json_atomic(run_dir / "config.json", cfg.to_dict())
+        return _fit(model, train_data, cfg, run_dir, loss_fn, val_data, resume, progress, extra_meta)
+
+
+def _fit(model, train_data, cfg, run_dir, loss_fn, val_data, resume, progress, extra_meta) -> FitResult:
+    info = distributed.current()
+    distributed.barrier()  # rank 0 has checked (or cleared) the run folder
     loss_fn = loss_fn or ce_loss(cfg.optim.label_smoothing)
     seed_everything(cfg.seed)
     n = len(train_data)
@@ -127,56 +165,94 @@ def fit(
         state = load_training_checkpoint(latest, model, optimizer)
         global_step = int(state["global_step"])
         history = list(state.get("history", []))
+        threads = state.get("torch_threads")
+        if threads is not None and threads != torch.get_num_threads():
+            log.warning(
+                "resuming with %d threads, the run started with %d: the result will match an "
+                "uninterrupted run closely but not bit for bit",
+                torch.get_num_threads(),
+                threads,
+            )
         log.info("resumed from %s at step %d/%d", latest, global_step, total_steps)
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_dir / "config.json", cfg.to_dict())
     net: torch.nn.Module = DDP(model, device_ids=[device] if device.type == "cuda" else None) if info.enabled else model
     model.train()
     t0, seen = time.perf_counter(), 0
-    bar = tqdm(total=total_steps, initial=global_step, disable=not (progress and info.is_main), desc=cfg.name, unit="step")
+    bar = progress_bar(total_steps, cfg.name, progress and info.is_main, initial=global_step, unit="step")
+    epoch_losses: list[float] = []
 
     def checkpoint(epoch: int) -> None:
         if info.is_main:
-            state = {"global_step": global_step, "epoch": epoch, "history": history, "steps_per_epoch": steps_per_epoch}
+            state = {
+                "global_step": global_step,
+                "epoch": epoch,
+                "history": history,
+                "steps_per_epoch": steps_per_epoch,
+                "torch_threads": torch.get_num_threads(),
+            }
             save_training_checkpoint(run_dir, model, optimizer, meta, state, keep=cfg.keep_checkpoints)
         distributed.barrier()
 
-    for epoch in range(global_step // steps_per_epoch, cfg.optim.epochs):
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(cfg.seed, -1 - epoch))).numpy()
-        for s in range(global_step - epoch * steps_per_epoch, steps_per_epoch):
-            rows = order[s * bs : (s + 1) * bs]
-            gen = torch.Generator().manual_seed(step_seed(cfg.seed, global_step))
-            mask_all = apply_modality_dropout(torch.from_numpy(train_data.present[rows]), cfg.modality_dropout, gen)
-            mine = slice(info.rank, None, info.world)
-            batch = train_data.get_batch(rows[mine]).to(device)
-            mask = mask_all[mine].to(device)
-            torch.manual_seed(step_seed(cfg.seed, global_step))  # nn.Dropout draws
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(global_step, total_steps, cfg.optim.lr, cfg.optim.warmup_steps)
-            if len(batch):
-                # Scaled so that DDP's mean over ranks equals the mean over the global batch.
-                loss = loss_fn(net, batch, mask) * (len(batch) * info.world / len(rows))
-            else:
-                loss = sum(p.sum() * 0.0 for p in net.parameters())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-            global_step += 1
-            seen += len(rows)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
-            fault_point("train-step")
-            if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 and s + 1 < steps_per_epoch:
-                checkpoint(epoch)
-        record: dict[str, Any] = {"epoch": epoch + 1, "step": global_step, "loss": float(loss.item())}
-        if val_data is not None and info.is_main:
-            record.update({f"val_{k}": v for k, v in quick_eval(model, val_data).items() if k not in ("count", "skipped")})
-        history.append(record)
-        log.info("epoch %d: %s", epoch + 1, record)
-        checkpoint(epoch + 1)
+    try:
+        for epoch in range(global_step // steps_per_epoch, cfg.optim.epochs):
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(cfg.seed, -1 - epoch))).numpy()
+            epoch_losses = []
+            for s in range(global_step - epoch * steps_per_epoch, steps_per_epoch):
+                rows = order[s * bs : (s + 1) * bs]
+                gen = torch.Generator().manual_seed(step_seed(cfg.seed, global_step))
+                mask_all = apply_modality_dropout(torch.from_numpy(train_data.present[rows]), cfg.modality_dropout, gen)
+                mine = slice(info.rank, None, info.world)
+                batch = train_data.get_batch(rows[mine]).to(device)
+                mask = mask_all[mine].to(device)
+                torch.manual_seed(step_seed(cfg.seed, global_step))  # nn.Dropout draws
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(global_step, total_steps, cfg.optim.lr, cfg.optim.warmup_steps)
+                if len(batch):
+                    # Scaled so that DDP's mean over ranks equals the mean over the global batch.
+                    loss = loss_fn(net, batch, mask) * (len(batch) * info.world / len(rows))
+                else:
+                    loss = sum(p.sum() * 0.0 for p in net.parameters())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.optim.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                optimizer.step()
+                global_step += 1
+                seen += len(rows)
+                epoch_losses.append(float(loss.item()))
+                bar.update(1)
+                bar.set_postfix(loss=f"{epoch_losses[-1]:.3f}", epoch=epoch)
+                fault_point("train-step")
+                if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 and s + 1 < steps_per_epoch:
+                    checkpoint(epoch)
+            # The epoch's mean loss (of this rank's steps since the epoch began or resumed).
+            record: dict[str, Any] = {"epoch": epoch + 1, "step": global_step, "loss": float(np.mean(epoch_losses))}
+            if val_data is not None and info.is_main:
+                record.update(
+                    {f"val_{k}": v for k, v in quick_eval(model, val_data).items() if k not in ("count", "skipped")}
+                )
+            history.append(record)
+            if progress and info.is_main:
+                progress_log.info(
+                    "%s epoch %d/%d: %s",
+                    cfg.name,
+                    epoch + 1,
+                    cfg.optim.epochs,
+                    ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k not in ("epoch", "step")),
+                )
+            log.info("epoch %d: %s", epoch + 1, record)
+            checkpoint(epoch + 1)
+    except KeyboardInterrupt:
+        bar.close()
+        last = latest_checkpoint(run_dir)
+        where = (
+            f"the last checkpoint is {last} (step {last.name.removeprefix('step-').lstrip('0') or 0})"
+            if last
+            else "no checkpoint was written yet"
+        )
+        raise Interrupted(
+            f"interrupted at step {global_step}/{total_steps} of {run_dir}; {where}. "
+            "Run the same command again to resume from there (--no-resume starts over)"
+        ) from None
     bar.close()
     seconds = time.perf_counter() - t0
     if info.is_main:
@@ -184,4 +260,4 @@ def fit(
         write_json_atomic(run_dir / "history.json", history)
     distributed.barrier()
     model.eval()
-    return FitResult(run_dir, global_step, history, seconds, seen / seconds if seconds > 0 else 0.0)
+    return FitResult(run_dir, global_step, history, seen / seconds if seconds > 0 else 0.0)

@@ -6,7 +6,7 @@ import torch
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 torch.set_num_threads(2)
 
-from karmma.config import ExperimentConfig, ModelConfig, OptimConfig, SyntheticConfig, DataConfig  # noqa: E402
+from karmma.config import DataConfig, ExperimentConfig, ModelConfig, OptimConfig, SyntheticConfig  # noqa: E402
 from karmma.data.synthetic import generate  # noqa: E402
 from karmma.modalities import ModalitySpec  # noqa: E402
 

@@ -16,7 +16,22 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
     assert (tmp_path / "demo" / "eval" / "sensor_dropout.png").stat().st_size > 1000
     # evaluate + cost on the demo's runs, through the CLI
     runs = [str(tmp_path / "demo" / k) for k in ("teacher", "student")]
-    assert main(["evaluate", *runs, "--names", "teacher,student", "--out", str(tmp_path / "ev"), "--repeats", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                *runs,
+                "--names",
+                "teacher,student",
+                "--out",
+                str(tmp_path / "ev"),
+                "--repeats",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert main(["cost", *runs, "--names", "teacher,student", "--out", str(tmp_path / "cost"), "--repeats", "2"]) == 0
     cost = json.loads((tmp_path / "cost" / "cost.json").read_text())
     assert cost["student_vs_teacher"]["flops"] <= 0.5

@@ -18,7 +18,8 @@ from tests.conftest import tiny_model_cfg
 
 @pytest.fixture
 def saved_student(tmp_path, specs, tasks):
-    model = KARMMA(specs, tasks, tiny_model_cfg()).eval()
+    # Dropout on and left in training mode, as a freshly trained model is: export must cope.
+    model = KARMMA(specs, tasks, tiny_model_cfg(dropout=0.2))
     names = {t: [f"{t}{i}" for i in range(n)] for t, n in tasks.items()}
     return save_model(tmp_path / "student", model, model_metadata(model, names)), model
 
@@ -84,7 +85,19 @@ def test_cli_export_and_predict(tmp_path, saved_student, capsys):
     assert main(["export", str(folder), "--out", str(tmp_path / "m.onnx")]) == 0
     assert "onnxruntime matches PyTorch on every subset" in capsys.readouterr().out
     np.savez(tmp_path / "x.npz", flow=np.zeros((3, 5), np.float32))
-    assert main(["predict", str(tmp_path / "m.onnx"), "--input", str(tmp_path / "x.npz"), "--json", str(tmp_path / "p.json")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "m.onnx"),
+                "--input",
+                str(tmp_path / "x.npz"),
+                "--json",
+                str(tmp_path / "p.json"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "modalities used: flow" in out and json.loads((tmp_path / "p.json").read_text())["present"] == ["flow"]
     assert main(["predict", str(tmp_path / "nothing.onnx"), "--input", str(tmp_path / "x.npz")]) == 2

@@ -34,7 +34,14 @@ def test_ddp_two_processes_match_single_process(tmp_path, stage):
         _run(["train", "--config", str(tmp_path / "t.yaml"), "--run-dir", str(tmp_path / "teacher"), "--no-progress"])
         cfg["data"]["feature_set"] = "student"
         (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
-        common = ["distill", "--config", str(tmp_path / "s.yaml"), "--teacher", str(tmp_path / "teacher"), "--no-progress"]
+        common = [
+            "distill",
+            "--config",
+            str(tmp_path / "s.yaml"),
+            "--teacher",
+            str(tmp_path / "teacher"),
+            "--no-progress",
+        ]
     _run([*common, "--run-dir", str(tmp_path / "single")])
     _run([*common, "--run-dir", str(tmp_path / "ddp")], nproc=2, tmp=tmp_path)
     a = load_file(str(tmp_path / "single" / "final" / "model.safetensors"))

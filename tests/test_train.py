@@ -18,7 +18,6 @@ from karmma.distill import cache_teacher_logits, distill, freeze
 from karmma.evaluate import evaluate_models, write_results
 from karmma.models import KARMMA
 from karmma.runs import run_distill, run_train
-from karmma.train import fit
 from tests.conftest import tiny_experiment
 
 
@@ -160,7 +159,9 @@ def _tiny_yaml(tmp_path, **over):
 def _cli(args, env_extra=None, cwd=None):
     env = {k: v for k, v in os.environ.items() if k != "KARMMA_FAULT"}
     env.update({"OMP_NUM_THREADS": "1", **(env_extra or {})})
-    return subprocess.run([sys.executable, "-m", "karmma", *args], env=env, capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "karmma", *args], env=env, capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 @pytest.mark.parametrize("fault", ["train-step@4", "checkpoint-write@3", "checkpoint-pointer@2"])
@@ -168,7 +169,9 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, fault):
     cfg = _tiny_yaml(tmp_path)
     ref = _cli(["train", "--config", str(cfg), "--run-dir", str(tmp_path / "ref"), "--no-progress"])
     assert ref.returncode == 0, ref.stderr
-    killed = _cli(["train", "--config", str(cfg), "--run-dir", str(tmp_path / "run"), "--no-progress"], {"KARMMA_FAULT": fault})
+    killed = _cli(
+        ["train", "--config", str(cfg), "--run-dir", str(tmp_path / "run"), "--no-progress"], {"KARMMA_FAULT": fault}
+    )
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "run" / "final").exists()
     latest = latest_checkpoint(tmp_path / "run")  # the previous checkpoint is intact and usable

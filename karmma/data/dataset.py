@@ -18,6 +18,10 @@ import torch
 from karmma.errors import DataError
 from karmma.modalities import ModalitySpec, check_mask
 
+# Features beyond this magnitude are refused: no extractor produces them, a corrupt file does
+# (and input standardisation would then flatten the modality for every sample).
+MAX_ABS_FEATURE = 1e6
+
 
 @dataclass
 class Batch:
@@ -31,7 +35,7 @@ class Batch:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         """The batch's tensors on ``device`` (ids and dataset indices stay on the CPU)."""
         return Batch(
             ids=self.ids,
@@ -42,7 +46,7 @@ class Batch:
             teacher_tokens=None if self.teacher_tokens is None else [t.to(device) for t in self.teacher_tokens],
         )
 
-    def select(self, rows: torch.Tensor) -> "Batch":
+    def select(self, rows: torch.Tensor) -> Batch:
         """The sub-batch of ``rows`` (a bool mask or index tensor)."""
         pick = rows.nonzero().flatten() if rows.dtype == torch.bool else rows
         return Batch(
@@ -118,13 +122,28 @@ class FeatureSet:
         try:
             data = np.asarray(arr[uniq], dtype=np.float32)
         except (OSError, KeyError, ValueError, RuntimeError) as e:  # h5py: corrupt chunks
+            bad = self._unreadable(arr, uniq)
             raise DataError(
-                f"{self.source}: cannot read modality {name!r} for samples "
-                f"{[self.ids[i] for i in uniq[:5]]} ({e}); the file is corrupt — re-extract it"
+                f"{self.source}: cannot read modality {name!r} of sample(s) "
+                f"{[self.ids[i] for i in bad[:5]]} ({e}); the file is corrupt (checksum or format) "
+                "— re-extract it"
             ) from e
         out = np.empty((len(idx), *data.shape[1:]), dtype=np.float32)
         out[order] = data[inverse]
         return out
+
+    def _unreadable(self, arr: object, idx: np.ndarray) -> list[int]:
+        """The rows of ``idx`` whose storage chunk cannot be read (to name them in an error)."""
+        chunk = (getattr(getattr(arr, "ds", arr), "chunks", None) or (1,))[0]
+        bad: list[int] = []
+        for group in np.split(idx, np.flatnonzero(np.diff(idx // chunk)) + 1):
+            try:
+                arr[group[:1]]
+            except (OSError, KeyError, ValueError, RuntimeError):
+                bad.extend(int(i) for i in group)
+            if len(bad) >= 5:
+                break
+        return bad or [int(i) for i in idx[:5]]
 
     def get_batch(self, idx: Sequence[int] | np.ndarray) -> Batch:
         idx = np.asarray(idx, dtype=np.int64)
@@ -153,7 +172,7 @@ class FeatureSet:
             index=torch.from_numpy(idx),
         )
 
-    def subset(self, idx: Sequence[int] | np.ndarray) -> "FeatureSet":
+    def subset(self, idx: Sequence[int] | np.ndarray) -> FeatureSet:
         """An in-memory copy of samples ``idx``."""
         idx = np.sort(np.asarray(idx, dtype=np.int64))
         return FeatureSet(
@@ -166,6 +185,67 @@ class FeatureSet:
             class_names=self.class_names,
             source=self.source,
         )
+
+
+def require_samples(data: FeatureSet | PairedFeatureSet, role: str) -> None:
+    """Refuse an empty split: training on it would write an untrained model, metrics on it are NaN."""
+    if len(data) == 0:
+        source = getattr(data, "source", None) or data.student.source
+        raise DataError(f"{source}: the {role} split has no samples; extract or point to a store with samples")
+
+
+def validate_features(data: FeatureSet, role: str, chunk: int = 1024) -> None:
+    """Read every present feature once and refuse NaN/Inf or absurd magnitudes, naming the
+    samples — before training starts, not an epoch into it."""
+    for m, s in enumerate(data.specs):
+        for start in range(0, len(data), chunk):
+            idx = np.arange(start, min(len(data), start + chunk))
+            idx = idx[data.present[idx, m]]
+            if not len(idx):
+                continue
+            x = data._read(s.name, idx)
+            finite = np.isfinite(x).all(axis=(1, 2))
+            big = np.abs(np.where(np.isfinite(x), x, 0.0)).max(axis=(1, 2)) > MAX_ABS_FEATURE
+            for bad, what in ((~finite, "NaN/Inf values"), (big, f"values beyond ±{MAX_ABS_FEATURE:g}")):
+                if bad.any():
+                    raise DataError(
+                        f"{data.source}: {role} split, modality {s.name!r} of sample(s) "
+                        f"{[data.ids[i] for i in idx[bad][:5]]} holds {what}; re-extract those samples "
+                        "or mark the modality absent"
+                    )
+
+
+def check_fits(
+    specs: Sequence[ModalitySpec],
+    tasks: Mapping[str, int],
+    class_names: Mapping[str, list[str]],
+    data: FeatureSet,
+    model_where: str,
+) -> None:
+    """Refuse data a model was not built for: other modalities, shapes, tasks or classes."""
+    fix = "evaluate on a store extracted for this model (same modalities, extractor and class list)"
+    if [x.name for x in specs] != data.modality_names:
+        raise DataError(
+            f"{data.source}: modalities {data.modality_names}, but {model_where} takes {[x.name for x in specs]}; {fix}"
+        )
+    for a, b in zip(specs, data.specs):
+        if a.shape != b.shape:
+            raise DataError(
+                f"{data.source}: modality {a.name!r} has tokens of shape {b.shape}, but "
+                f"{model_where} takes {a.shape} (num_tokens, dim); {fix}"
+            )
+    if dict(tasks) != dict(data.tasks):
+        raise DataError(
+            f"{data.source}: tasks/classes {dict(data.tasks)}, but {model_where} predicts {dict(tasks)}; {fix}"
+        )
+    for task, names in class_names.items():
+        other = data.class_names.get(task)
+        if names and other and list(names) != list(other):
+            diff = next(i for i, (x, y) in enumerate(zip(names, other)) if x != y)
+            raise DataError(
+                f"{data.source}: class {diff} of task {task!r} is {other[diff]!r}, but "
+                f"{model_where} calls it {names[diff]!r}; {fix}"
+            )
 
 
 def feature_stats(data: FeatureSet, chunk: int = 1024) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -39,7 +39,9 @@ class Segment:
 def _rows(path: str | Path, required: list[str]) -> list[dict]:
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path} does not exist; get it from https://github.com/epic-kitchens/epic-kitchens-100-annotations")
+        raise DataError(
+            f"{path} does not exist; get it from https://github.com/epic-kitchens/epic-kitchens-100-annotations"
+        )
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         missing = [c for c in required if c not in (reader.fieldnames or [])]
@@ -102,7 +104,9 @@ def read_id_list(path: str | Path, column: str) -> set:
 
 def action_classes(segments: list[Segment]) -> dict[tuple[int, int], int]:
     """The (verb, noun) pairs of the training segments, numbered in sorted order."""
-    pairs = sorted({(s.verb_class, s.noun_class) for s in segments if s.verb_class is not None and s.noun_class is not None})
+    pairs = sorted(
+        {(s.verb_class, s.noun_class) for s in segments if s.verb_class is not None and s.noun_class is not None}
+    )
     return {p: i for i, p in enumerate(pairs)}
 
 
@@ -162,8 +166,13 @@ def epic_metrics(
 
 
 def submission_json(
-    narration_ids: list[str], verb_scores: np.ndarray, noun_scores: np.ndarray, top_actions: int = 100,
-    sls_pt: int = 0, sls_tl: int = 0, sls_td: int = 0,
+    narration_ids: list[str],
+    verb_scores: np.ndarray,
+    noun_scores: np.ndarray,
+    top_actions: int = 100,
+    sls_pt: int = 0,
+    sls_tl: int = 0,
+    sls_td: int = 0,
 ) -> dict:
     """The action-recognition challenge submission (format version 0.2): per segment, every verb
     and noun score and the ``top_actions`` best "verb,noun" action scores."""
@@ -175,7 +184,14 @@ def submission_json(
             "noun": {str(j): float(x) for j, x in enumerate(noun_scores[i])},
             "action": {f"{a},{b}": float(s) for (a, b), s in zip(pairs[i, :top_actions], scores[i, :top_actions])},
         }
-    return {"version": "0.2", "challenge": "action_recognition", "sls_pt": sls_pt, "sls_tl": sls_tl, "sls_td": sls_td, "results": results}
+    return {
+        "version": "0.2",
+        "challenge": "action_recognition",
+        "sls_pt": sls_pt,
+        "sls_tl": sls_tl,
+        "sls_td": sls_td,
+        "results": results,
+    }
 
 
 def write_submission(path: str | Path, submission: dict) -> Path:

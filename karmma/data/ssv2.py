@@ -65,7 +65,9 @@ def read_annotations(path: str | Path, classes: list[str]) -> list[Video]:
         if template is not None:
             key = template.replace("[", "").replace("]", "")
             if key not in index:
-                raise DataError(f"{path}: video {item['id']}: unknown template {template!r}; is the labels file the matching one?")
+                raise DataError(
+                    f"{path}: video {item['id']}: unknown template {template!r}; is the labels file the matching one?"
+                )
             label = index[key]
         out.append(Video(str(item["id"]), label, template or ""))
     return out

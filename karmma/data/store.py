@@ -24,7 +24,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from karmma.data.dataset import FeatureSet
+from karmma.data.dataset import MAX_ABS_FEATURE, FeatureSet
 from karmma.errors import DataError
 from karmma.modalities import ModalitySpec
 
@@ -70,6 +70,8 @@ class FeatureStoreWriter:
             "extra": dict(extra or {}),
         }
         n = len(ids)
+        if n == 0:
+            raise DataError(f"{self.path}: no samples to write; a feature store needs at least one sample")
         if resume and self.path.exists():
             self.h5 = h5py.File(self.path, "r+")
             old = json.loads(self.h5.attrs.get("meta", "{}"))
@@ -83,6 +85,23 @@ class FeatureStoreWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(self.path.suffix + ".partial")
         # Written under a temporary name, then renamed: a store never appears half-initialised.
+        try:
+            self._create(tmp, meta, ids, labels, tasks, n)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        tmp.replace(self.path)
+        self.h5 = h5py.File(self.path, "r+")
+
+    def _create(
+        self,
+        tmp: Path,
+        meta: dict,
+        ids: Sequence[str],
+        labels: Mapping[str, Sequence[int]],
+        tasks: Mapping[str, int],
+        n: int,
+    ) -> None:
         with h5py.File(tmp, "w") as h5:
             h5.attrs["format"] = FORMAT
             h5.attrs["version"] = VERSION
@@ -100,9 +119,8 @@ class FeatureStoreWriter:
                         dtype=np.float32,
                         chunks=(max(1, min(n, 64)), *s.shape),
                         compression="lzf",
+                        fletcher32=True,  # a checksum per chunk: corruption is detected on read
                     )
-        tmp.replace(self.path)
-        self.h5 = h5py.File(self.path, "r+")
 
     @property
     def done(self) -> np.ndarray:
@@ -120,15 +138,20 @@ class FeatureStoreWriter:
                             f"{self.path}: sample {i} modality {s.name!r} ({fs}) has shape {x.shape}, "
                             f"expected {s.shape}"
                         )
+                    _check_values(x[None], self.path, fs, s.name, [i])
                     self.h5[f"features/{fs}/{s.name}"][i] = x
         self.h5["present"][i] = np.asarray(present, dtype=bool)
         self.h5["done"][i] = True
 
     def write_all(self, features: Mapping[str, Mapping[str, np.ndarray]], present: np.ndarray) -> None:
         """Bulk write: ``features[feature_set][modality]`` is ``(N, num_tokens, dim)``."""
+        present = np.asarray(present, dtype=bool)
         for fs, mods in features.items():
             for name, arr in mods.items():
-                self.h5[f"features/{fs}/{name}"][:] = np.asarray(arr, dtype=np.float32)
+                arr = np.asarray(arr, dtype=np.float32)
+                m = self.modalities.index(name)
+                _check_values(arr[present[:, m]], self.path, fs, name, np.flatnonzero(present[:, m]))
+                self.h5[f"features/{fs}/{name}"][:] = arr
         self.h5["present"][:] = np.asarray(present, dtype=bool)
         self.h5["done"][:] = True
 
@@ -139,30 +162,54 @@ class FeatureStoreWriter:
         if self.h5.id.valid:
             self.h5.close()
 
-    def __enter__(self) -> "FeatureStoreWriter":
+    def __enter__(self) -> FeatureStoreWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def write_store(path: str | Path, sets: Mapping[str, FeatureSet]) -> Path:
-    """Write feature sets of the same samples (e.g. ``{"teacher": a, "student": b}``) to one store."""
-    first = next(iter(sets.values()))
-    with FeatureStoreWriter(
-        path,
-        ids=first.ids,
-        labels=first.labels,
-        tasks=first.tasks,
-        feature_sets={k: v.specs for k, v in sets.items()},
-        class_names=first.class_names,
-        resume=False,
-    ) as w:
-        w.write_all(
-            {k: {s.name: v._read(s.name, np.arange(len(v))) for s in v.specs} for k, v in sets.items()},
-            first.present,
+def _check_values(x: np.ndarray, path: Path, feature_set: str, name: str, rows: Sequence[int]) -> None:
+    """Refuse NaN/Inf and absurd magnitudes at write time (``x``: (n, tokens, dim) of ``rows``)."""
+    if not len(x):
+        return
+    flat = x.reshape(len(x), -1)
+    bad = ~np.isfinite(flat).all(1) | (np.abs(np.nan_to_num(flat, posinf=0, neginf=0)).max(1) > MAX_ABS_FEATURE)
+    if bad.any():
+        raise DataError(
+            f"{path}: modality {name!r} ({feature_set}) of sample(s) {[int(r) for r in np.asarray(rows)[bad][:5]]} "
+            f"holds NaN/Inf or values beyond ±{MAX_ABS_FEATURE:g}; fix the extractor's output or write the "
+            "modality as absent"
         )
-    return Path(path)
+
+
+def write_store(path: str | Path, sets: Mapping[str, FeatureSet]) -> Path:
+    """Write feature sets of the same samples (e.g. ``{"teacher": a, "student": b}``) to one store.
+
+    All or nothing: the store is written under a temporary name and renamed when complete, so a
+    refused write (bad values, no samples) leaves no file and never replaces an existing store.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.writing")
+    first = next(iter(sets.values()))
+    try:
+        with FeatureStoreWriter(
+            tmp,
+            ids=first.ids,
+            labels=first.labels,
+            tasks=first.tasks,
+            feature_sets={k: v.specs for k, v in sets.items()},
+            class_names=first.class_names,
+            resume=False,
+        ) as w:
+            w.write_all(
+                {k: {s.name: v._read(s.name, np.arange(len(v))) for s in v.specs} for k, v in sets.items()},
+                first.present,
+            )
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def store_info(path: str | Path) -> dict:
@@ -187,7 +234,9 @@ def _meta(h5: h5py.File, path: Path) -> dict:
     if h5.attrs.get("format") != FORMAT:
         raise DataError(f"{path}: not a karmma feature store (no format={FORMAT!r} attribute)")
     if int(h5.attrs.get("version", -1)) > VERSION:
-        raise DataError(f"{path}: store version {h5.attrs['version']} is newer than this karmma supports; upgrade karmma")
+        raise DataError(
+            f"{path}: store version {h5.attrs['version']} is newer than this karmma supports; upgrade karmma"
+        )
     try:
         return json.loads(h5.attrs["meta"])
     except (KeyError, json.JSONDecodeError) as e:
@@ -221,7 +270,9 @@ def open_store(path: str | Path, feature_set: str = "teacher", in_memory: bool |
         in_memory = path.stat().st_size < _IN_MEMORY_LIMIT
     keep = np.flatnonzero(done)
     if len(keep) < len(ids):
-        log.warning("%s: %d of %d samples not extracted yet; using the %d done", path, len(ids) - len(keep), len(ids), len(keep))
+        log.warning(
+            "%s: %d of %d samples not extracted yet; using the %d done", path, len(ids) - len(keep), len(ids), len(keep)
+        )
     all_done = len(keep) == len(ids)
     fs = FeatureSet(
         specs=specs,

@@ -60,7 +60,7 @@ def generate(cfg: SyntheticConfig | None = None) -> dict[str, dict[str, FeatureS
     }
     # Class prototypes: per modality, a (num_tokens, latent) pattern per verb and per noun.
     protos = {}
-    for name, n_tok, dims, wv, wn, noise in _MODALITIES:
+    for name, n_tok, dims, *_ in _MODALITIES:
         protos[name] = (
             rng.normal(size=(cfg.num_verbs, n_tok, _LATENT)),
             rng.normal(size=(cfg.num_nouns, n_tok, _LATENT)),
@@ -76,7 +76,7 @@ def generate(cfg: SyntheticConfig | None = None) -> dict[str, dict[str, FeatureS
             rows = np.flatnonzero(rng.random(n) < cfg.absent_rate)
             present[rows, rng.integers(len(_MODALITIES), size=len(rows))] = False
         sets: dict[str, dict[str, np.ndarray]] = {"teacher": {}, "student": {}}
-        for m, (name, n_tok, dims, wv, wn, noise) in enumerate(_MODALITIES):
+        for m, (name, n_tok, _, wv, wn, noise) in enumerate(_MODALITIES):
             pv, pn, proj = protos[name]
             # Per-sample nuisance: a random gain and a latent noise shared by both extractors.
             gain = rng.uniform(0.7, 1.3, size=(n, 1, 1))

@@ -57,7 +57,10 @@ def list_clips(root: str | Path, split: str = "all") -> list[Clip]:
     "train" (odd subjects) or "test" (even subjects)."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"UTD-MHAD folder {root} does not exist; pass --root pointing at the folder with Depth/, Inertial/, Skeleton/")
+        raise DataError(
+            f"UTD-MHAD folder {root} does not exist; "
+            "pass --root pointing at the folder with Depth/, Inertial/, Skeleton/"
+        )
     clips: dict[tuple[int, int, int], Clip] = {}
     for modality, (folder, _) in FOLDERS.items():
         d = root / folder
@@ -90,9 +93,13 @@ def load_modality(path: str | Path, modality: str) -> np.ndarray:
     try:
         data = scipy.io.loadmat(str(path))
     except (OSError, ValueError, TypeError, scipy.io.matlab.MatReadError) as e:
-        raise DataError(f"{path}: cannot read the .mat file ({e}); it is corrupt — re-download it, or run with --on-error absent") from e
+        raise DataError(
+            f"{path}: cannot read the .mat file ({e}); it is corrupt — re-download it, or run with --on-error absent"
+        ) from e
     if key not in data:
-        raise DataError(f"{path}: no variable {key!r} in the .mat file (found {sorted(k for k in data if not k.startswith('__'))})")
+        raise DataError(
+            f"{path}: no variable {key!r} in the .mat file (found {sorted(k for k in data if not k.startswith('__'))})"
+        )
     x = np.asarray(data[key])
     ok = {
         "depth": x.ndim == 3 and x.shape[2] >= 2,

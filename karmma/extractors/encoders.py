@@ -168,7 +168,7 @@ class CNNEncoder(nn.Module):
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "CNNEncoder":
+    def from_pretrained(cls, path: str | Path) -> CNNEncoder:
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(
@@ -185,7 +185,9 @@ class CNNEncoder(nn.Module):
         enc = cls(cfg)
         missing, unexpected = enc.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise CheckpointError(f"{path}: weights do not fit the encoder config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise CheckpointError(
+                f"{path}: weights do not fit the encoder config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
         return enc.eval().requires_grad_(False)
 
 

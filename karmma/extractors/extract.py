@@ -25,7 +25,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import scipy.signal
-from tqdm.auto import tqdm
 
 from karmma.data.store import FeatureStoreWriter
 from karmma.data.utd_mhad import ACTIONS, HIP_CENTER, Clip, list_clips, load_modality
@@ -34,6 +33,7 @@ from karmma.extractors.encoders import SIZES, CNNEncoder, PoolFrames, PoolSignal
 from karmma.extractors.flow import flow_with_magnitude, to_uint8
 from karmma.extractors.media import read_video, read_wav
 from karmma.modalities import ModalitySpec
+from karmma.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,9 @@ def cnn_encoders(modalities: tuple[str, ...], weights: str | Path | None) -> dic
     return out
 
 
-def encoder_specs(encoders: dict[str, dict[str, Encoder]], modalities: tuple[str, ...]) -> dict[str, list[ModalitySpec]]:
+def encoder_specs(
+    encoders: dict[str, dict[str, Encoder]], modalities: tuple[str, ...]
+) -> dict[str, list[ModalitySpec]]:
     return {size: [ModalitySpec(m, NUM_TOKENS, encoders[size][m].dim) for m in modalities] for size in SIZES}
 
 
@@ -141,13 +143,17 @@ def audio_features(path: Path, bins: int = 32) -> np.ndarray:
     _, _, z = scipy.signal.stft(x.mean(1), fs=rate, nperseg=512, noverlap=256)
     spec = np.log1p(np.abs(z))
     edges = np.linspace(0, spec.shape[0], bins + 1).astype(int)
-    return np.stack([spec[a:max(a + 1, b)].mean(0) for a, b in zip(edges[:-1], edges[1:])], axis=1).astype(np.float32)
+    return np.stack([spec[a : max(a + 1, b)].mean(0) for a, b in zip(edges[:-1], edges[1:])], axis=1).astype(np.float32)
 
 
-def _video_job(row: dict, root: Path, modalities: tuple[str, ...], on_error: str, encoders: dict[str, dict[str, Encoder]]):
+def _video_job(
+    row: dict, root: Path, modalities: tuple[str, ...], on_error: str, encoders: dict[str, dict[str, Encoder]]
+):
     raw: dict[str, np.ndarray] = {}
     if row.get("video") and ("rgb" in modalities or "flow" in modalities):
-        frames = _or_absent(lambda: read_video(root / row["video"], size=(64, 64)), on_error, f"the video of {row['id']}")
+        frames = _or_absent(
+            lambda: read_video(root / row["video"], size=(64, 64)), on_error, f"the video of {row['id']}"
+        )
         if frames is not None and "rgb" in modalities:
             raw["rgb"] = frames.astype(np.float32) / 255.0
         if frames is not None and "flow" in modalities:
@@ -217,13 +223,15 @@ def run_extract(
         todo = [i for i, d in enumerate(writer.done) if not d]
         job = functools.partial(job, **job_args, modalities=modalities, on_error=on_error, encoders=encoders)
         args = [items[i] for i in todo]
-        bar = tqdm(total=len(ids), initial=len(ids) - len(todo), disable=not progress, desc=f"extract {dataset}", unit="clip")
+        bar = progress_bar(len(ids), f"extract {dataset}", progress, initial=len(ids) - len(todo), unit="clip")
         pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
         results = pool.imap(job, args, chunksize=4) if pool else map(job, args)
         try:
             for n, (i, (feats, present)) in enumerate(zip(todo, results)):
                 if not any(present):
-                    raise DataError(f"clip {ids[i]} of {root}: no modality could be read; remove it from the split or fix its files")
+                    raise DataError(
+                        f"clip {ids[i]} of {root}: no modality could be read; remove it from the split or fix its files"
+                    )
                 writer.write(i, feats, present)
                 bar.update(1)
                 if n % 50 == 49:

@@ -29,7 +29,10 @@ def read_video(path: str | Path, size: tuple[int, int] | None = (112, 112), max_
     finally:
         cap.release()
     if len(frames) < 2:
-        raise DataError(f"{path}: decoded {len(frames)} frame(s); the video is corrupt or not a video — re-encode it (e.g. ffmpeg -i in -c:v libx264 out.mp4)")
+        raise DataError(
+            f"{path}: decoded {len(frames)} frame(s); the video is corrupt or not a video — "
+            "re-encode it (e.g. ffmpeg -i in -c:v libx264 out.mp4)"
+        )
     return np.stack(frames)
 
 

@@ -20,9 +20,7 @@ class ModalityEmbedding(nn.Module):
         self.missing = missing
         self.proj = nn.ModuleList([nn.Linear(s.dim, dim) for s in self.specs])
         self.modality_tokens = nn.Parameter(torch.zeros(len(self.specs), dim))
-        self.position_tokens = nn.ParameterList(
-            [nn.Parameter(torch.zeros(s.num_tokens, dim)) for s in self.specs]
-        )
+        self.position_tokens = nn.ParameterList([nn.Parameter(torch.zeros(s.num_tokens, dim)) for s in self.specs])
         # Input standardisation (per feature), set from training data by set_input_stats() and
         # saved with the weights, so exported and reloaded models see the same scale.
         for m, s in enumerate(self.specs):

@@ -6,12 +6,17 @@ import pytest
 from karmma.data import epic, ssv2
 from karmma.errors import DataError
 
-HEADER = "narration_id,participant_id,video_id,narration_timestamp,start_timestamp,stop_timestamp,start_frame,stop_frame,narration,verb,verb_class,noun,noun_class,all_nouns,all_noun_classes\n"
+HEADER = (
+    "narration_id,participant_id,video_id,narration_timestamp,start_timestamp,stop_timestamp,start_frame,"
+    "stop_frame,narration,verb,verb_class,noun,noun_class,all_nouns,all_noun_classes\n"
+)
 
 
 def _csv(tmp_path, rows):
     p = tmp_path / "ann.csv"
-    p.write_text(HEADER + "".join(f"{r},P0{r[-1]},P01_01,0,0,0,1,10,take x,take,{v},x,{n},['x'],[{n}]\n" for r, v, n in rows))
+    p.write_text(
+        HEADER + "".join(f"{r},P0{r[-1]},P01_01,0,0,0,1,10,take x,take,{v},x,{n},['x'],[{n}]\n" for r, v, n in rows)
+    )
     return p
 
 

@@ -21,7 +21,9 @@ def make_utd(root, clips=((1, 1, 1), (2, 2, 1), (3, 1, 2)), skip=()):
     for a, s, t in clips:
         name = f"a{a}_s{s}_t{t}"
         if (name, "depth") not in skip:
-            scipy.io.savemat(root / "Depth" / f"{name}_depth.mat", {"d_depth": rng.integers(0, 4000, (24, 32, 12)).astype(np.uint16)})
+            scipy.io.savemat(
+                root / "Depth" / f"{name}_depth.mat", {"d_depth": rng.integers(0, 4000, (24, 32, 12)).astype(np.uint16)}
+            )
         if (name, "inertial") not in skip:
             scipy.io.savemat(root / "Inertial" / f"{name}_inertial.mat", {"d_iner": rng.normal(size=(30, 6))})
         scipy.io.savemat(root / "Skeleton" / f"{name}_skeleton.mat", {"d_skel": rng.normal(size=(20, 3, 12))})
@@ -100,7 +102,9 @@ def test_cnn_encoders_need_local_weights(tmp_path):
         run_extract("utd_mhad", root, tmp_path / "f.h5", encoder="cnn", weights=tmp_path / "w")
     for m, kind, ch in (("depth", "frames", 1), ("flow", "frames", 3), ("inertial", "signal", 6)):
         for size, width in (("teacher", 8), ("student", 4)):
-            CNNEncoder(CNNConfig(kind, ch, width, 4 * width, 8)).save_pretrained(tmp_path / "w" / f"{m}_{size}.safetensors")
+            CNNEncoder(CNNConfig(kind, ch, width, 4 * width, 8)).save_pretrained(
+                tmp_path / "w" / f"{m}_{size}.safetensors"
+            )
     out = run_extract("utd_mhad", root, tmp_path / "f.h5", encoder="cnn", weights=tmp_path / "w")
     assert [s.dim for s in open_store(out).specs] == [32, 32, 32]
     (tmp_path / "w" / "depth_teacher.safetensors").write_bytes(b"junk")
@@ -119,7 +123,9 @@ def test_extract_video_folder(tmp_path):
     writer.release()
     scipy.io.wavfile.write(root / "v1.wav", 16000, (np.sin(np.arange(16000) / 5) * 3000).astype(np.int16))
     (root / "broken.avi").write_bytes(b"nope")
-    (root / "labels.csv").write_text("id,label,video,audio\nc1,open,v1.avi,v1.wav\nc2,close,broken.avi,v1.wav\nc3,open,,v1.wav\n")
+    (root / "labels.csv").write_text(
+        "id,label,video,audio\nc1,open,v1.avi,v1.wav\nc2,close,broken.avi,v1.wav\nc3,open,,v1.wav\n"
+    )
     with pytest.raises(DataError, match="broken.avi"):
         run_extract("video", root, tmp_path / "v.h5")
     out = run_extract("video", root, tmp_path / "v2.h5", on_error="absent")

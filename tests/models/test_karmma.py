@@ -51,7 +51,11 @@ def test_dropped_modality_values_cannot_change_the_output(specs, tasks, missing)
     tokens, _ = random_batch(specs, 4)
     present = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=torch.bool)
     ref = model(tokens, present)
-    for garbage in (lambda t: torch.randn_like(t) * 100, lambda t: torch.full_like(t, float("nan")), lambda t: torch.full_like(t, float("inf"))):
+    for garbage in (
+        lambda t: torch.randn_like(t) * 100,
+        lambda t: torch.full_like(t, float("nan")),
+        lambda t: torch.full_like(t, float("inf")),
+    ):
         changed = [torch.where(present[:, m, None, None], t, garbage(t)) for m, t in enumerate(tokens)]
         out = model(changed, present)
         for k in ref:

@@ -1,0 +1,60 @@
+"""Helpers for the hostile-user tests: stores written by the library, runs trained from the
+shipped presets through the CLI, and a one-call CLI runner returning (rc, stdout, stderr)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from karmma.cli import main
+from karmma.config import SyntheticConfig
+from karmma.data.dataset import FeatureSet
+from karmma.data.store import write_store
+from karmma.data.synthetic import generate
+from karmma.modalities import ModalitySpec
+
+SMALL = SyntheticConfig(num_train=80, num_val=40, num_verbs=3, num_nouns=4, absent_rate=0.2, seed=1)
+# Shipped preset, one quick epoch; the preset's dropout (0.1) and modality dropout stay on.
+QUICK = ["--set", "optim.epochs=1", "--set", "optim.batch_size=32", "--no-progress"]
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    rc = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def synthetic_store(path: Path, split: str = "train", **changes) -> Path:
+    """A teacher+student store written by :func:`karmma.data.store.write_store`."""
+    sets = generate(dataclasses.replace(SMALL, **changes))[split]
+    return write_store(path, sets)
+
+
+def renamed(fs: FeatureSet, names: dict[str, str] | None = None, dims: dict[str, int] | None = None) -> FeatureSet:
+    """``fs`` with modalities renamed (e.g. depth in the rgb slot) or features cut to other dims."""
+    names, dims = names or {}, dims or {}
+    specs, feats = [], {}
+    for s in fs.specs:
+        new = ModalitySpec(names.get(s.name, s.name), s.num_tokens, dims.get(s.name, s.dim))
+        x = np.asarray(fs.features[s.name])
+        feats[new.name] = np.ascontiguousarray(np.resize(x, (len(x), s.num_tokens, new.dim)))
+        specs.append(new)
+    return dataclasses.replace(fs, specs=specs, features=feats)
+
+
+def store_args(train: Path, val: Path | None = None, feature_set: str = "teacher") -> list[str]:
+    args = ["--set", "data.kind=store", "--set", f"data.train={train}", "--set", f"data.feature_set={feature_set}"]
+    return args + (["--set", f"data.val={val}"] if val else [])
+
+
+def corrupt_chunk(path: Path, dataset: str, chunk: int = 0, nbytes: int = 256) -> None:
+    """Overwrite ``nbytes`` in the middle of one stored chunk with random bytes."""
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        info = h5[dataset].id.get_chunk_info(chunk)
+    with open(path, "r+b") as f:
+        f.seek(info.byte_offset + max(0, info.size // 2 - nbytes // 2))
+        f.write(np.random.default_rng(0).bytes(min(nbytes, info.size)))
