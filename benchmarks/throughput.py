@@ -56,10 +56,10 @@ def main() -> None:
     a = p.parse_args()
     torch.manual_seed(0)
     teacher = KARMMA(
-        specs("teacher"), TASKS, ModelConfig(dim=a.teacher_dim, depth=4, heads=8, head_hidden=a.teacher_dim)
+        specs("teacher"), TASKS, ModelConfig(dim=a.teacher_dim, depth=4, attn_heads=8, head_hidden=a.teacher_dim)
     )
     student = KARMMA(
-        specs("student"), TASKS, ModelConfig(dim=a.student_dim, depth=4, heads=4, head_hidden=a.student_dim)
+        specs("student"), TASKS, ModelConfig(dim=a.student_dim, depth=4, attn_heads=4, head_hidden=a.student_dim)
     )
     full = tuple(s.name for s in teacher.specs)
     rows = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import re
 import types
@@ -21,7 +22,8 @@ import yaml
 
 from karmma.errors import ConfigError
 
-MISSING_STRATEGIES = ("token", "zero", "attn_mask")
+log = logging.getLogger(__name__)
+
 DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 # A YAML 1.1 loader reads ``1e-3`` (no dot) as a string; such strings are accepted as numbers.
 _NUMBER_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(\.inf|\.nan)", re.IGNORECASE)
@@ -30,46 +32,55 @@ DROPOUT_KINDS = ("none", "independent", "subset")
 
 @dataclass
 class ModelConfig:
-    """Fusion model: embedding -> [CLS] + transformer fusion -> multi-head MLP."""
+    """Fusion model: [per-modality encoders] -> embedding -> [CLS] + fusion -> multi-head MLP."""
 
     dim: int = 256  # paper-unknown default: fusion width
     depth: int = 4  # paper-unknown default: fusion depth (transformer blocks)
-    heads: int = 8  # paper-unknown default
+    attn_heads: int = 8  # paper-unknown default: attention heads of the fusion block
     mlp_ratio: float = 4.0  # paper-unknown default
     dropout: float = 0.1  # paper-unknown default: dropout inside the fusion block
-    head_hidden: int = 256  # paper-unknown default: hidden width of each MLP head
-    # How a missing modality is represented: "token" is KARMMA's (learned modality + position
-    # tokens fill its slots); "zero" (zero-filled features) and "attn_mask" (slots masked out of
-    # attention) are the baselines.
+    head_hidden: int = 256  # paper-unknown default: hidden width of each classifier MLP head
+    # How a missing modality is represented (karmma.models.missing.MISSING): "token" is KARMMA's
+    # (learned modality + position tokens fill its slots); "zero" (zero-filled features) and
+    # "attn_mask" (slots masked out of attention) are the baselines.
     missing: str = "token"
     # Which readers' head outputs are averaged: "all" ([CLS] + every modality mean, as in the
     # paper) or "present" ([CLS] + present modalities only).
     head_average: str = "all"  # paper-unknown default
+    fusion: str = "transformer"  # a block of karmma.models.fusion.FUSION
+    # Per-modality encoders (karmma.models.encoders.ENCODERS), e.g. {inertial: temporal_conv};
+    # a modality not named here uses "identity" (the stored tokens as they are).
+    encoders: dict[str, str] = field(default_factory=dict)
+    encoder_width: int = 0  # width of trainable encoders (0: the fusion width, model.dim)
+    encoder_layers: int = 2
 
     def validate(self) -> None:
-        if self.missing not in MISSING_STRATEGIES:
-            raise ConfigError(f"model.missing={self.missing!r}; choose one of {MISSING_STRATEGIES}")
+        from karmma.models.registries import check_model_names
+
+        check_model_names(self)
         if self.head_average not in ("all", "present"):
             raise ConfigError(f"model.head_average={self.head_average!r}; choose 'all' or 'present'")
-        if self.heads < 1:
-            raise ConfigError(f"model.heads={self.heads} must be >= 1 (attention heads of the fusion block)")
+        if self.attn_heads < 1:
+            raise ConfigError(f"model.attn_heads={self.attn_heads} must be >= 1 (attention heads of the fusion block)")
         if self.dim < 1 or self.depth < 1 or self.head_hidden < 1:
             raise ConfigError("model.dim, model.depth and model.head_hidden must be >= 1")
-        if self.dim % self.heads:
-            raise ConfigError(f"model.dim={self.dim} must be divisible by model.heads={self.heads}")
+        if self.dim % self.attn_heads:
+            raise ConfigError(f"model.dim={self.dim} must be divisible by model.attn_heads={self.attn_heads}")
         if not (math.isfinite(self.mlp_ratio) and self.mlp_ratio > 0):
             raise ConfigError(f"model.mlp_ratio={self.mlp_ratio} must be a finite number > 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
+        if self.encoder_width < 0 or self.encoder_layers < 0:
+            raise ConfigError("model.encoder_width and model.encoder_layers must be >= 0")
 
     @classmethod
     def teacher(cls) -> ModelConfig:
-        return cls(dim=256, depth=4, heads=8, head_hidden=256)
+        return cls(dim=256, depth=4, attn_heads=8, head_hidden=256)
 
     @classmethod
     def student(cls) -> ModelConfig:
         # A compact fusion block: half the width keeps well under 50% of the teacher's FLOPs.
-        return cls(dim=128, depth=4, heads=4, head_hidden=128)
+        return cls(dim=128, depth=4, attn_heads=4, head_hidden=128)
 
 
 @dataclass
@@ -230,8 +241,18 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+# Renamed keys: old name -> new name, per config class. Old configs and checkpoints still load.
+RENAMED = {ModelConfig: {"heads": "attn_heads"}}
+
+
 def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
     """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
+    for old, new in RENAMED.get(cls, {}).items():
+        if old in data:
+            if new in data:
+                raise ConfigError(f"{where}: both {old!r} and {new!r} given; {old!r} is the old name of {new!r}")
+            log.warning("%s.%s is deprecated: it is now %s.%s (same meaning); please rename it", where, old, where, new)
+            data = {(new if k == old else k): v for k, v in data.items()}
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)

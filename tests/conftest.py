@@ -29,7 +29,7 @@ def tasks():
 
 
 def tiny_model_cfg(**kw) -> ModelConfig:
-    base = dict(dim=16, depth=1, heads=2, head_hidden=16, dropout=0.0)
+    base = dict(dim=16, depth=1, attn_heads=2, head_hidden=16, dropout=0.0)
     base.update(kw)
     return ModelConfig(**base)
 

@@ -87,7 +87,7 @@ def test_predict_bad_samples_and_topk(exported, tmp_path, capsys):
 
 @pytest.mark.parametrize("line,key,words", [
     ("optim: {lr: .nan}", "optim.lr", "finite number > 0"),
-    ("model: {heads: 0}", "model.heads", "must be >= 1"),
+    ("model: {attn_heads: 0}", "model.attn_heads", "must be >= 1"),
     ("device: quantum", "device", "'cpu', 'cuda'"),
     ("optim: {label_smoothing: 3}", "optim.label_smoothing", "[0, 1)"),
     ("optim: {weight_decay: -0.1}", "optim.weight_decay", ">= 0"),

@@ -1,5 +1,5 @@
-"""KARMMA models: embedding -> [CLS] + fusion -> multi-head MLP."""
+"""KARMMA models: [encoders] -> embedding -> [CLS] + fusion -> multi-head MLP."""
 
-from karmma.models.karmma import KARMMA, build_model
+from karmma.models.karmma import KARMMA
 
-__all__ = ["KARMMA", "build_model"]
+__all__ = ["KARMMA"]

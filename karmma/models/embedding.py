@@ -1,8 +1,9 @@
 """The embedding layer: per-modality projection + learned modality token + learned position tokens.
 
-A missing modality keeps its token slots. With ``missing="token"`` (KARMMA) those slots hold the
-learned modality token + per-position tokens only, so the model knows *which* modality is absent
-without seeing any of its (absent) values.
+A missing modality keeps its token slots. What its slots hold is the missing-modality strategy's
+choice (:mod:`karmma.models.missing`); with KARMMA's ``token`` strategy they hold the learned
+modality token + per-position tokens only, so the model knows *which* modality is absent without
+seeing any of its (absent) values.
 """
 
 from __future__ import annotations
@@ -11,19 +12,29 @@ import torch
 from torch import nn
 
 from karmma.modalities import ModalitySpec
+from karmma.models.missing import LearnedTokens, MissingStrategy
 
 
 class ModalityEmbedding(nn.Module):
-    def __init__(self, specs: list[ModalitySpec], dim: int, missing: str = "token") -> None:
+    """``in_specs``: what the store holds (input standardisation is sized for it); ``specs``:
+    what the encoders give (the projections and position tokens are sized for it)."""
+
+    def __init__(
+        self,
+        specs: list[ModalitySpec],
+        dim: int,
+        missing: MissingStrategy | None = None,
+        in_specs: list[ModalitySpec] | None = None,
+    ) -> None:
         super().__init__()
         self.specs = list(specs)
-        self.missing = missing
+        self.missing = missing if missing is not None else LearnedTokens()
         self.proj = nn.ModuleList([nn.Linear(s.dim, dim) for s in self.specs])
         self.modality_tokens = nn.Parameter(torch.zeros(len(self.specs), dim))
         self.position_tokens = nn.ParameterList([nn.Parameter(torch.zeros(s.num_tokens, dim)) for s in self.specs])
-        # Input standardisation (per feature), set from training data by set_input_stats() and
-        # saved with the weights, so exported and reloaded models see the same scale.
-        for m, s in enumerate(self.specs):
+        # Input standardisation (per stored feature), set from training data by set_input_stats()
+        # and saved with the weights, so exported and reloaded models see the same scale.
+        for m, s in enumerate(in_specs or self.specs):
             self.register_buffer(f"input_mean_{m}", torch.zeros(s.dim))
             self.register_buffer(f"input_std_{m}", torch.ones(s.dim))
         nn.init.trunc_normal_(self.modality_tokens, std=0.02)
@@ -36,18 +47,16 @@ class ModalityEmbedding(nn.Module):
             getattr(self, f"input_mean_{m}").copy_(torch.as_tensor(mu))
             getattr(self, f"input_std_{m}").copy_(torch.as_tensor(sd).clamp_min(1e-6))
 
+    def standardize(self, m: int, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Stored tokens of modality ``m``, standardised, zeros where absent (``keep`` (B, 1, 1)).
+        Absent values never reach the model, whatever they hold (NaN included)."""
+        x = (x - getattr(self, f"input_mean_{m}")) / getattr(self, f"input_std_{m}")
+        return torch.where(keep, x, torch.zeros((), dtype=x.dtype))
+
     def forward(self, tokens: list[torch.Tensor], present: torch.Tensor) -> torch.Tensor:
-        """``tokens[m]``: ``(B, N_m, D_m)``; ``present``: ``(B, M)`` bool -> ``(B, sum N_m, dim)``."""
+        """``tokens[m]``: encoded ``(B, N_m, D_m)``; ``present``: ``(B, M)`` bool -> ``(B, sum N_m, dim)``."""
         out = []
         for m, (x, proj) in enumerate(zip(tokens, self.proj)):
-            keep = present[:, m, None, None]
-            # Absent values never reach the model, whatever they hold (NaN included); this also
-            # keeps gradients finite.
-            x = (x - getattr(self, f"input_mean_{m}")) / getattr(self, f"input_std_{m}")
-            h = proj(torch.where(keep, x, torch.zeros((), dtype=x.dtype)))
-            if self.missing != "zero":
-                # KARMMA: the slot is only modality token + position tokens. ("zero" baseline keeps
-                # proj(0), i.e. zero-filled features projected like real ones.)
-                h = torch.where(keep, h, torch.zeros((), dtype=h.dtype))
+            h = self.missing.fill(proj(x), present[:, m, None, None])
             out.append(h + self.modality_tokens[m] + self.position_tokens[m])
         return torch.cat(out, dim=1)

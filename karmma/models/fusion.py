@@ -1,10 +1,22 @@
-"""The transformer fusion block over [CLS] + every modality's tokens (pre-norm ViT blocks)."""
+"""Fusion blocks over [CLS] + every modality's tokens, chosen by ``model.fusion`` from :data:`FUSION`.
+
+**The fusion contract** (what :class:`karmma.models.KARMMA` relies on, and what a custom block
+must keep): ``forward(x, key_mask)`` takes ``x`` (B, L, dim) — position 0 is [CLS], then each
+modality's ``num_tokens`` slots in modality order — and ``key_mask`` (B, L) bool (True = may be
+attended to) or None, and returns (B, L, dim) with output position i belonging to input token i.
+The model reads the [CLS] output at position 0 and averages each modality's slots. A registered
+block is built with ``from_config(cfg: ModelConfig)``; its ``__init__`` takes plain arguments.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from karmma.registry import Registry
+
+FUSION = Registry("fusion block")
 
 
 class Attention(nn.Module):
@@ -40,13 +52,18 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
+@FUSION.register("transformer")
 class Fusion(nn.Module):
-    """``depth`` transformer blocks and a final LayerNorm. ``key_mask`` (B, L): True = attend."""
+    """``depth`` pre-norm transformer blocks and a final LayerNorm. ``key_mask`` (B, L): True = attend."""
 
     def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float, dropout: float) -> None:
         super().__init__()
         self.blocks = nn.ModuleList([Block(dim, heads, mlp_ratio, dropout) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
+
+    @classmethod
+    def from_config(cls, cfg) -> Fusion:
+        return cls(cfg.dim, cfg.depth, cfg.attn_heads, cfg.mlp_ratio, cfg.dropout)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         for block in self.blocks:

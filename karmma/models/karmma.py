@@ -1,13 +1,16 @@
 """The KARMMA model (teacher and student share this layout; only sizes differ).
 
     tokens[m] (B, N_m, D_m), present (B, M)
-      -> ModalityEmbedding -> [CLS] + tokens -> Fusion
-      -> readers: [CLS] output and each modality's mean output token
-      -> MultiTaskHead -> {task: logits}, averaged over readers
+      -> standardise (absent -> 0) -> encoder[m] -> ModalityEmbedding (missing strategy)
+      -> [CLS] + tokens -> fusion block
+      -> readers: [CLS] output and each modality's mean output token     (forward_features)
+      -> MultiTaskHead -> {task: logits}, averaged over readers            (forward_head)
 
-The baselines share the interface: ``missing="zero"`` (zero-filled features) and
-``missing="attn_mask"`` (missing slots masked out of attention and of the head average). The
-"no modality dropout" baseline is a training setting (``modality_dropout.kind=none``).
+The fusion block, the missing-modality strategy and the per-modality encoders are objects: pass
+your own, or let ``cfg`` choose registered ones (``model.fusion``, ``model.missing``,
+``model.encoders``). The baselines share the interface: ``missing="zero"`` (zero-filled
+features) and ``missing="attn_mask"`` (missing slots masked out of attention and of the head
+average). The "no modality dropout" baseline is a training setting (``modality_dropout.kind=none``).
 """
 
 from __future__ import annotations
@@ -21,25 +24,41 @@ from karmma.config import ModelConfig
 from karmma.errors import DataError
 from karmma.modalities import ModalitySpec
 from karmma.models.embedding import ModalityEmbedding
-from karmma.models.fusion import Fusion
+from karmma.models.encoders import build_encoders
+from karmma.models.fusion import FUSION
 from karmma.models.heads import MultiTaskHead
+from karmma.models.missing import MISSING, MissingStrategy
 
 
 class KARMMA(nn.Module):
-    def __init__(self, specs: Sequence[ModalitySpec], tasks: Mapping[str, int], cfg: ModelConfig) -> None:
+    def __init__(
+        self,
+        specs: Sequence[ModalitySpec],
+        tasks: Mapping[str, int],
+        cfg: ModelConfig,
+        *,
+        fusion: nn.Module | None = None,
+        missing: MissingStrategy | None = None,
+        encoders: Sequence[nn.Module] | None = None,
+    ) -> None:
         super().__init__()
         cfg.validate()
         if not specs:
             raise DataError("KARMMA needs at least one modality spec")
         if not tasks:
             raise DataError("KARMMA needs at least one task (e.g. {'action': 27})")
-        self.specs = list(specs)
+        self.specs = list(specs)  # what the model takes (the stored tokens)
         self.tasks = dict(tasks)
         self.cfg = cfg
-        self.embed = ModalityEmbedding(self.specs, cfg.dim, cfg.missing)
+        self.encoders = (
+            nn.ModuleList(encoders) if encoders is not None else build_encoders(self.specs, cfg.encoders, cfg)
+        )
+        self.missing = missing if missing is not None else MISSING.get(cfg.missing)()
+        encoded = [e.out_spec() for e in self.encoders]
+        self.embed = ModalityEmbedding(encoded, cfg.dim, self.missing, in_specs=self.specs)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self.fusion = Fusion(cfg.dim, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.dropout)
+        self.fusion = fusion if fusion is not None else FUSION.get(cfg.fusion).from_config(cfg)
         self.head = MultiTaskHead(cfg.dim, cfg.head_hidden, self.tasks, 1 + len(self.specs))
         self.apply(_init_linear)
 
@@ -61,36 +80,37 @@ class KARMMA(nn.Module):
             return [tokens[n] for n in self.modality_names]
         return list(tokens)
 
+    def encode(self, tokens: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], present: torch.Tensor):
+        """Each modality's standardised tokens through its encoder (absent ones as zeros)."""
+        xs = self._as_list(tokens)
+        return [
+            enc(self.embed.standardize(m, x, present[:, m, None, None]))
+            for m, (x, enc) in enumerate(zip(xs, self.encoders))
+        ]
+
     def forward_features(
         self, tokens: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], present: torch.Tensor
     ) -> torch.Tensor:
         """Readers ``(B, 1 + M, dim)``: the [CLS] output and each modality's mean output token."""
-        xs = self._as_list(tokens)
         b = present.shape[0]
-        x = self.embed(xs, present)
+        x = self.embed(self.encode(tokens, present), present)
         x = torch.cat([self.cls_token.expand(b, -1, -1), x], dim=1)
-        key_mask = None
-        if self.cfg.missing == "attn_mask":
-            slots = [present[:, m : m + 1].expand(-1, s.num_tokens) for m, s in enumerate(self.specs)]
-            key_mask = torch.cat([torch.ones_like(present[:, :1])] + slots, dim=1)
-        x = self.fusion(x, key_mask)
+        x = self.fusion(x, self.missing.key_mask(present, self.embed.specs))
         readers = [x[:, 0]]
         start = 1
-        for s in self.specs:
+        for s in self.embed.specs:
             readers.append(x[:, start : start + s.num_tokens].mean(1))
             start += s.num_tokens
         return torch.stack(readers, dim=1)
 
-    def reader_weights(self, present: torch.Tensor) -> torch.Tensor:
-        ones = torch.ones_like(present[:, :1], dtype=torch.float32)
-        if self.cfg.head_average == "present" or self.cfg.missing == "attn_mask":
-            return torch.cat([ones, present.float()], dim=1)
-        return torch.cat([ones, torch.ones_like(present, dtype=torch.float32)], dim=1)
+    def forward_head(self, readers: torch.Tensor, present: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{task: logits}`` from the readers, averaged as the missing-modality strategy weighs them."""
+        return self.head(readers, self.missing.reader_weights(present, self.cfg.head_average))
 
     def forward(
         self, tokens: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], present: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        return self.head(self.forward_features(tokens, present), self.reader_weights(present))
+        return self.forward_head(self.forward_features(tokens, present), present)
 
 
 def _init_linear(module: nn.Module) -> None:
@@ -98,7 +118,3 @@ def _init_linear(module: nn.Module) -> None:
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-
-
-def build_model(specs: Sequence[ModalitySpec], tasks: Mapping[str, int], cfg: ModelConfig) -> KARMMA:
-    return KARMMA(specs, tasks, cfg)

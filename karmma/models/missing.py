@@ -1,0 +1,65 @@
+"""Missing-modality strategies: how an absent modality is shown to the fusion block.
+
+A strategy has three hooks, each given the per-sample presence mask:
+
+* ``fill(h, keep)``: the projected tokens ``h`` (B, N_m, dim) of one modality, with ``keep``
+  (B, 1, 1) True where it is present -> the tokens to which the learned modality and position
+  tokens are then added;
+* ``key_mask(present, specs)``: (B, 1 + sum N_m) bool, True = may be attended to, or None;
+* ``reader_weights(present, head_average)``: (B, 1 + M) weights of the [CLS] and per-modality
+  readers in the head average.
+
+Registered: ``token`` (KARMMA: an absent modality's slots hold only its learned tokens),
+``zero`` (baseline: zero-filled features, projected like real ones) and ``attn_mask`` (baseline:
+absent slots masked out of attention and of the head average).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from karmma.modalities import ModalitySpec
+from karmma.registry import Registry
+
+MISSING = Registry("missing-modality strategy")
+
+
+class MissingStrategy(nn.Module):
+    """The KARMMA behaviour; subclasses override the hooks they change."""
+
+    def fill(self, h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return torch.where(keep, h, torch.zeros((), dtype=h.dtype))
+
+    def key_mask(self, present: torch.Tensor, specs: list[ModalitySpec]) -> torch.Tensor | None:
+        return None
+
+    def reader_weights(self, present: torch.Tensor, head_average: str) -> torch.Tensor:
+        ones = torch.ones_like(present[:, :1], dtype=torch.float32)
+        modal = present.float() if head_average == "present" else torch.ones_like(present, dtype=torch.float32)
+        return torch.cat([ones, modal], dim=1)
+
+
+@MISSING.register("token")
+class LearnedTokens(MissingStrategy):
+    """KARMMA: the slots of an absent modality are its learned modality + position tokens only."""
+
+
+@MISSING.register("zero")
+class ZeroFill(MissingStrategy):
+    """Baseline: absent features are zeros, projected like real ones (``proj(0)`` = the bias)."""
+
+    def fill(self, h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return h
+
+
+@MISSING.register("attn_mask")
+class AttentionMask(MissingStrategy):
+    """Baseline: absent slots are masked out of attention and of the head average."""
+
+    def key_mask(self, present: torch.Tensor, specs: list[ModalitySpec]) -> torch.Tensor:
+        slots = [present[:, m : m + 1].expand(-1, s.num_tokens) for m, s in enumerate(specs)]
+        return torch.cat([torch.ones_like(present[:, :1])] + slots, dim=1)
+
+    def reader_weights(self, present: torch.Tensor, head_average: str) -> torch.Tensor:
+        return super().reader_weights(present, "present")
