@@ -162,8 +162,11 @@ def save_training_checkpoint(
     meta: dict,
     state: dict,
     keep: int = 2,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write ``RUN/checkpoints/step-N`` atomically, point ``latest.json`` at it, prune old ones."""
+    """Write ``RUN/checkpoints/step-N`` atomically, point ``latest.json`` at it, prune old ones.
+
+    ``extra``: weights of a task's trainable parts beyond the model (``task.safetensors``)."""
     ckdir = Path(run_dir) / "checkpoints"
     name = f"step-{state['global_step']:08d}"
     final = ckdir / name
@@ -174,6 +177,8 @@ def save_training_checkpoint(
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
         (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
+        if extra:
+            save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()}, str(tmp / "task.safetensors"))
         _publish(tmp, final)
     except (OSError, SafetensorError) as e:
         raise _write_failed(final, tmp, e) from e
@@ -316,14 +321,26 @@ def check_compatible(meta: dict, expect: dict, where: str) -> None:
             )
 
 
+def load_task_extra(folder: Path) -> dict[str, torch.Tensor]:
+    """The weights of a task's extra trainable parts in a training checkpoint ({} if none)."""
+    path = folder / "task.safetensors"
+    if not path.is_file():
+        return {}
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is unreadable ({e}); delete the checkpoint to resume from an older one") from e
+
+
 def load_training_checkpoint(folder: Path, model: KARMMA, optimizer: torch.optim.Optimizer) -> dict:
     """Restore model and optimizer from a training checkpoint; returns its ``state.json``."""
     meta = read_model_meta(folder)
-    check_compatible(
-        meta,
-        {"specs": [s.to_dict() for s in model.specs], "tasks": model.tasks, "model": asdict(model.cfg)},
-        str(folder),
-    )
+    try:  # an older model.json (e.g. "heads") compares by what it means
+        meta = {**meta, "model": asdict(model_config_from_json(dict(meta.get("model", {})), str(folder)))}
+    except ConfigError:
+        pass
+    own = {"specs": [s.to_dict() for s in model.specs], "tasks": model.tasks, "model": asdict(model.cfg)}
+    check_compatible(meta, own, str(folder))
     try:
         _load_state(model, load_file(str(folder / "model.safetensors")), str(folder))
         _load_optimizer(optimizer, folder)

@@ -131,8 +131,16 @@ class DistillConfig:
     alpha: float = 0.5  # paper-unknown default
     temperature: float = 4.0  # paper-unknown default
     cache_teacher_logits: bool = False  # cache the frozen teacher's logits for every subset
+    task: str = "logit_kd"  # the objective (karmma.tasks.TASKS): logit_kd (the paper's) or feature_kd
+    beta: float = 1.0  # feature_kd only: weight of the feature-matching term (beyond the paper)
 
     def validate(self) -> None:
+        from karmma.tasks import TASKS
+
+        if self.task not in TASKS or self.task == "classification":
+            raise ConfigError(f"distill.task={self.task!r}; choose a distillation task: logit_kd, feature_kd, ...")
+        if not (math.isfinite(self.beta) and self.beta >= 0):
+            raise ConfigError(f"distill.beta={self.beta} must be a finite number >= 0")
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"distill.alpha={self.alpha} must be in [0, 1]")
         if not (math.isfinite(self.temperature) and self.temperature > 0):

@@ -75,6 +75,23 @@ def subset_mask(subset: tuple[str, ...], names: list[str] | tuple[str, ...], bat
     return row.unsqueeze(0).expand(batch, -1).clone()
 
 
+def subset_masks(num_modalities: int) -> torch.Tensor:
+    """``(2**M - 1, M)`` bool: row ``j`` is the subset of bit-code ``j + 1`` (modality m <-> ``2**m``),
+    the inverse of :func:`subset_index`."""
+    codes = torch.arange(1, 2**num_modalities)
+    return (codes[:, None] >> torch.arange(num_modalities)) & 1 == 1
+
+
+def dummy_inputs(
+    specs: list[ModalitySpec], batch: int, subset: tuple[str, ...] | None = None, seed: int = 0
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Random tokens for every modality and the presence mask of ``subset`` (all when None)."""
+    g = torch.Generator().manual_seed(seed)
+    names = [s.name for s in specs]
+    tokens = [torch.randn(batch, s.num_tokens, s.dim, generator=g) for s in specs]
+    return tokens, subset_mask(tuple(subset or names), names, batch)
+
+
 def subset_index(mask: torch.Tensor) -> torch.Tensor:
     """Bit-encode each row of a ``(B, M)`` mask: modality m contributes ``2**m``.
 

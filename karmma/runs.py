@@ -17,6 +17,7 @@ from karmma.errors import DataError
 from karmma.evaluate import evaluate_models
 from karmma.models.karmma import KARMMA
 from karmma.presets import preset_path
+from karmma.tasks import ClassificationTask
 from karmma.train import FitResult, fit, seed_everything
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def run_train(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = True, p
     model = KARMMA(train.specs, train.tasks, cfg.model)
     model.embed.set_input_stats(*feature_stats(train))
     return fit(
-        model,
+        ClassificationTask(model, cfg.optim.label_smoothing),
         train,
         cfg,
         run_dir,

@@ -1,6 +1,6 @@
-"""Stage 1: train a model (the teacher, or a baseline) with cross-entropy and modality dropout.
-
-:func:`fit` is the one training loop; :mod:`karmma.distill` reuses it with another loss.
+"""The one training loop: :func:`fit` optimises a :class:`karmma.tasks.Task` (an objective that
+owns its trainable parts) with modality dropout — stage 1 with ``ClassificationTask``, stage 2
+(:mod:`karmma.distill`) with a distillation task.
 Reproducible and resumable by construction: the sample order of epoch ``e`` and every random
 draw of step ``s`` (modality dropout, nn.Dropout) derive from ``(seed, e)`` / ``(seed, s)``, so a
 run resumed from any checkpoint — at an epoch boundary or mid-epoch — follows the uninterrupted
@@ -12,18 +12,17 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from karmma import distributed
 from karmma.checkpoint import (
     latest_checkpoint,
+    load_task_extra,
     load_training_checkpoint,
     model_metadata,
     save_model,
@@ -31,20 +30,17 @@ from karmma.checkpoint import (
     write_json_atomic,
 )
 from karmma.config import ExperimentConfig
-from karmma.data.dataset import Batch, FeatureSet, check_fits, require_samples, validate_features
+from karmma.data.dataset import FeatureSet, check_fits, require_samples, validate_features
 from karmma.errors import Interrupted
 from karmma.evaluate import run_masked
 from karmma.faults import fault_point
-from karmma.losses import multitask_ce
 from karmma.modality_dropout import apply_modality_dropout
-from karmma.models.karmma import KARMMA
 from karmma.progress import progress_bar
 from karmma.rundir import RunLock, check_resume, fingerprint, start_fresh
+from karmma.tasks.base import Task
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("karmma.progress")
-
-LossFn = Callable[[torch.nn.Module, Batch, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -71,18 +67,10 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def ce_loss(label_smoothing: float = 0.0) -> LossFn:
-    def loss(model: torch.nn.Module, batch: Batch, mask: torch.Tensor) -> torch.Tensor:
-        return multitask_ce(model(batch.tokens, mask), batch.labels, label_smoothing)
-
-    return loss
-
-
-def make_optimizer(model: torch.nn.Module, cfg: ExperimentConfig) -> torch.optim.Optimizer:
+def make_optimizer(task: Task, cfg: ExperimentConfig) -> torch.optim.Optimizer:
+    """AdamW over the task's trainable parameters; no weight decay on biases, norms and tokens."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
+    for name, p in task.named_trainable_parameters():
         (no_decay if p.ndim < 2 or "token" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=(0.9, 0.999))
@@ -110,12 +98,11 @@ def check_training_data(train_data: FeatureSet, val_data: FeatureSet | None) -> 
 
 
 def fit(
-    model: KARMMA,
+    task: Task,
     train_data: FeatureSet,
     cfg: ExperimentConfig,
     run_dir: str | Path,
     *,
-    loss_fn: LossFn | None = None,
     val_data: FeatureSet | None = None,
     resume: bool = True,
     progress: bool = False,
@@ -123,7 +110,7 @@ def fit(
     fingerprint_extra: dict | None = None,
     check_data: bool = True,
 ) -> FitResult:
-    """Train ``model`` on ``train_data``; checkpoints and the final model go to ``run_dir``.
+    """Optimise ``task`` on ``train_data``; checkpoints and the final ``task.model`` go to ``run_dir``.
 
     The run folder is locked for the duration; resuming checks that config and data are those
     the run was started with (``fingerprint_extra`` adds other inputs, e.g. the teacher's hash).
@@ -134,7 +121,7 @@ def fit(
     run_dir = Path(run_dir)
     info = distributed.current()
     if not info.is_main:
-        return _fit(model, train_data, cfg, run_dir, loss_fn, val_data, resume, progress, extra_meta)
+        return _fit(task, train_data, cfg, run_dir, val_data, resume, progress, extra_meta)
     with RunLock(run_dir):
         fp = fingerprint(cfg.to_dict(), train_data, fingerprint_extra)
         if resume and latest_checkpoint(run_dir) is not None:
@@ -142,27 +129,28 @@ def fit(
         else:
             start_fresh(run_dir, fp)
         write_json_atomic(run_dir / "config.json", cfg.to_dict())
-        return _fit(model, train_data, cfg, run_dir, loss_fn, val_data, resume, progress, extra_meta)
+        return _fit(task, train_data, cfg, run_dir, val_data, resume, progress, extra_meta)
 
 
-def _fit(model, train_data, cfg, run_dir, loss_fn, val_data, resume, progress, extra_meta) -> FitResult:
+def _fit(task: Task, train_data, cfg, run_dir, val_data, resume, progress, extra_meta) -> FitResult:
     info = distributed.current()
     distributed.barrier()  # rank 0 has checked (or cleared) the run folder
-    loss_fn = loss_fn or ce_loss(cfg.optim.label_smoothing)
+    model = task.model
     seed_everything(cfg.seed)
     n = len(train_data)
     bs = cfg.optim.batch_size
     steps_per_epoch = max(1, math.ceil(n / bs))
     total_steps = steps_per_epoch * cfg.optim.epochs
     device = distributed.resolve_device(cfg.device)
-    model.to(device)
-    optimizer = make_optimizer(model, cfg)
+    task.to(device)
+    optimizer = make_optimizer(task, cfg)
     meta = model_metadata(model, train_data.class_names, **(extra_meta or {}))
     history: list[dict[str, Any]] = []
     global_step = 0
     latest = latest_checkpoint(run_dir) if resume else None
     if latest is not None:
         state = load_training_checkpoint(latest, model, optimizer)
+        task.load_extra_state_dict(load_task_extra(latest))
         global_step = int(state["global_step"])
         history = list(state.get("history", []))
         threads = state.get("torch_threads")
@@ -174,11 +162,12 @@ def _fit(model, train_data, cfg, run_dir, loss_fn, val_data, resume, progress, e
                 threads,
             )
         log.info("resumed from %s at step %d/%d", latest, global_step, total_steps)
-    net: torch.nn.Module = DDP(model, device_ids=[device] if device.type == "cuda" else None) if info.enabled else model
-    model.train()
+    if info.enabled:
+        task.prepare_distributed([device] if device.type == "cuda" else None)
+    task.train()
     t0, seen = time.perf_counter(), 0
     bar = progress_bar(total_steps, cfg.name, progress and info.is_main, initial=global_step, unit="step")
-    epoch_losses: list[float] = []
+    sums: dict[str, float] = {}
 
     def checkpoint(epoch: int) -> None:
         if info.is_main:
@@ -189,13 +178,15 @@ def _fit(model, train_data, cfg, run_dir, loss_fn, val_data, resume, progress, e
                 "steps_per_epoch": steps_per_epoch,
                 "torch_threads": torch.get_num_threads(),
             }
-            save_training_checkpoint(run_dir, model, optimizer, meta, state, keep=cfg.keep_checkpoints)
+            save_training_checkpoint(
+                run_dir, model, optimizer, meta, state, keep=cfg.keep_checkpoints, extra=task.extra_state_dict()
+            )
         distributed.barrier()
 
     try:
         for epoch in range(global_step // steps_per_epoch, cfg.optim.epochs):
             order = torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(cfg.seed, -1 - epoch))).numpy()
-            epoch_losses = []
+            sums, steps = {}, 0
             for s in range(global_step - epoch * steps_per_epoch, steps_per_epoch):
                 rows = order[s * bs : (s + 1) * bs]
                 gen = torch.Generator().manual_seed(step_seed(cfg.seed, global_step))
@@ -207,25 +198,31 @@ def _fit(model, train_data, cfg, run_dir, loss_fn, val_data, resume, progress, e
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(global_step, total_steps, cfg.optim.lr, cfg.optim.warmup_steps)
                 if len(batch):
+                    out = task(batch, mask)
                     # Scaled so that DDP's mean over ranks equals the mean over the global batch.
-                    loss = loss_fn(net, batch, mask) * (len(batch) * info.world / len(rows))
+                    loss = out["loss"] * (len(batch) * info.world / len(rows))
                 else:
-                    loss = sum(p.sum() * 0.0 for p in net.parameters())
+                    out = {}
+                    loss = sum(p.sum() * 0.0 for p in task.trainable_parameters())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.optim.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(task.trainable_parameters(), cfg.optim.grad_clip)
                 optimizer.step()
                 global_step += 1
                 seen += len(rows)
-                epoch_losses.append(float(loss.item()))
+                steps += 1
+                for k, v in out.items():
+                    if k != "output":
+                        sums[k] = sums.get(k, 0.0) + float(v.detach())
                 bar.update(1)
-                bar.set_postfix(loss=f"{epoch_losses[-1]:.3f}", epoch=epoch)
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", epoch=epoch)
                 fault_point("train-step")
                 if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 and s + 1 < steps_per_epoch:
                     checkpoint(epoch)
-            # The epoch's mean loss (of this rank's steps since the epoch began or resumed).
-            record: dict[str, Any] = {"epoch": epoch + 1, "step": global_step, "loss": float(np.mean(epoch_losses))}
+            # Each component's mean over the epoch (this rank's steps since the epoch began or resumed).
+            record: dict[str, Any] = {"epoch": epoch + 1, "step": global_step}
+            record.update({k: v / max(steps, 1) for k, v in sums.items()})
             if val_data is not None and info.is_main:
                 record.update(
                     {f"val_{k}": v for k, v in quick_eval(model, val_data).items() if k not in ("count", "skipped")}

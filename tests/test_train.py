@@ -14,10 +14,11 @@ from safetensors.torch import load_file
 
 from karmma.checkpoint import latest_checkpoint, load_model
 from karmma.data.sources import load_paired, load_split
-from karmma.distill import cache_teacher_logits, distill, freeze
+from karmma.distill import cache_teacher_logits, distill
 from karmma.evaluate import evaluate_models, write_results
 from karmma.models import KARMMA
 from karmma.runs import run_distill, run_train
+from karmma.tasks import LogitDistillationTask
 from tests.conftest import tiny_experiment
 
 
@@ -88,15 +89,17 @@ def test_distill_freezes_teacher_and_shares_the_mask(tmp_path, monkeypatch):
     student.forward = spy_s
     distill(student, teacher, data, scfg, tmp_path / "student")
     assert all(not p.requires_grad for p in teacher.parameters())
-    teacher.train()
-    assert not teacher.training  # stays in eval mode
-    pairs = [(seen[i], seen[i + 1]) for i in range(0, len(seen) - 1, 2) if seen[i][0] == "t"]
-    assert pairs and all(torch.equal(t[1], s[1]) for t, s in pairs)
+    task = LogitDistillationTask(student, teacher, alpha=0.5, temperature=2.0)
+    task.train()
+    assert task.model.training and not teacher.training  # the task keeps its teacher in eval mode
+    assert {id(p) for p in task.trainable_parameters()} == {id(p) for p in student.parameters()}
+    pairs = [(seen[i], seen[i + 1]) for i in range(0, len(seen) - 1, 2)]
+    assert pairs and all({a[0], b[0]} == {"s", "t"} and torch.equal(a[1], b[1]) for a, b in pairs)
 
 
 def test_cached_teacher_logits_equal_live_teacher(tmp_path):
     run_train(tiny_experiment(epochs=1), tmp_path / "teacher")
-    teacher = freeze(load_model(tmp_path / "teacher")[0])
+    teacher = load_model(tmp_path / "teacher")[0].eval()
     scfg = tiny_experiment(feature_set="student", epochs=1)
     data = load_paired(scfg.data, "train", "teacher")
     cache = cache_teacher_logits(teacher, data, batch_size=7)

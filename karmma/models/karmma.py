@@ -108,9 +108,16 @@ class KARMMA(nn.Module):
         return self.head(readers, self.missing.reader_weights(present, self.cfg.head_average))
 
     def forward(
-        self, tokens: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], present: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        return self.forward_head(self.forward_features(tokens, present), present)
+        self,
+        tokens: Mapping[str, torch.Tensor] | Sequence[torch.Tensor],
+        present: torch.Tensor,
+        with_features: bool = False,
+    ):
+        """``{task: logits}``; with ``with_features`` also the readers (for feature-level objectives,
+        through one forward call so that a DDP wrapper synchronises their gradients)."""
+        readers = self.forward_features(tokens, present)
+        logits = self.forward_head(readers, present)
+        return (logits, readers) if with_features else logits
 
 
 def _init_linear(module: nn.Module) -> None:

@@ -1,0 +1,27 @@
+"""Training objectives as modules (:class:`Task`), chosen by name from :data:`TASKS`.
+
+``classification`` (stage 1), ``logit_kd`` (KARMMA's stage 2) and ``feature_kd`` (feature-level
+distillation, beyond the paper). A distillation task is built as ``cls.from_config(student,
+teacher, cfg, cache)``; register your own with ``@TASKS.register("name")``.
+"""
+
+from karmma.registry import Registry
+from karmma.tasks.base import FrozenTeacherMixin, Task
+from karmma.tasks.classification import ClassificationTask
+from karmma.tasks.distillation import LogitDistillationTask, cache_teacher_logits
+from karmma.tasks.feature_distillation import FeatureDistillationTask
+
+TASKS = Registry("training task")
+TASKS.register("classification")(ClassificationTask)
+TASKS.register("logit_kd")(LogitDistillationTask)
+TASKS.register("feature_kd")(FeatureDistillationTask)
+
+__all__ = [
+    "TASKS",
+    "ClassificationTask",
+    "FeatureDistillationTask",
+    "FrozenTeacherMixin",
+    "LogitDistillationTask",
+    "Task",
+    "cache_teacher_logits",
+]

@@ -1,0 +1,21 @@
+"""Stage 1 (teacher, baselines): cross-entropy averaged over the heads."""
+
+from __future__ import annotations
+
+import torch
+
+from karmma.data.dataset import Batch
+from karmma.losses import multitask_ce
+from karmma.models.karmma import KARMMA
+from karmma.tasks.base import Task
+
+
+class ClassificationTask(Task):
+    def __init__(self, model: KARMMA, label_smoothing: float = 0.0) -> None:
+        super().__init__(model)
+        self.label_smoothing = label_smoothing
+
+    def forward(self, batch: Batch, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.part("model")(batch.tokens, mask)
+        ce = multitask_ce(logits, batch.labels, self.label_smoothing)
+        return {"loss": ce, "ce": ce.detach(), "output": logits}
