@@ -206,6 +206,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from karmma.data.readers import reader_names
+
     p = argparse.ArgumentParser(
         prog="karmma", description="KARMMA: multimodal distillation robust to missing modalities"
     )
@@ -283,8 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("extract", help="decode media, compute flow, run frozen encoders, write a feature store")
     sp.add_argument(
         "dataset",
-        choices=["utd_mhad", "video"],
-        help="utd_mhad: the .mat release; video: a folder of clips + labels.csv",
+        choices=reader_names(),
+        help="a registered dataset reader: utd_mhad (the .mat release), video (a folder of clips + labels.csv), ...",
     )
     sp.add_argument("--root", required=True)
     sp.add_argument("--out", required=True, help="the .h5 feature store to write")

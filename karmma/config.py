@@ -168,9 +168,11 @@ class DataConfig:
     val: str | None = None  # feature store of the validation split (kind=store)
     feature_set: str = "teacher"  # which extractor's features to read ("teacher" | "student")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes reading training batches ahead (0: in the loop)
 
     def validate(self) -> None:
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0")
         if self.kind not in ("synthetic", "store"):
             raise ConfigError(f"data.kind={self.kind!r}; choose 'synthetic' or 'store'")
         if self.kind == "store" and not self.train:

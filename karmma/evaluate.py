@@ -32,41 +32,70 @@ MaskFn = Callable[[torch.Tensor, np.ndarray], torch.Tensor]
 
 
 @torch.no_grad()
-def run_masked(model: torch.nn.Module, data: FeatureSet, mask_fn: MaskFn, batch_size: int = 256) -> dict[str, float]:
-    """Accuracy of ``model`` with each batch's mask replaced by ``mask_fn(present, rows)``."""
+def run_masked_many(
+    model: torch.nn.Module, data: FeatureSet, mask_fns: dict[str, MaskFn], batch_size: int = 256
+) -> dict[str, dict[str, float]]:
+    """Accuracy of ``model`` under each mask variant ``mask_fns[key](present, rows)``, reading the
+    split once: every variant runs on each batch while it is in memory."""
     model.eval()
     device = next(model.parameters()).device
-    meter = AccuracyMeter(list(data.tasks))
-    skipped = 0
+    meters = {key: AccuracyMeter(list(data.tasks)) for key in mask_fns}
+    skipped = dict.fromkeys(mask_fns, 0)
     for start in range(0, len(data), batch_size):
         rows = np.arange(start, min(len(data), start + batch_size))
-        b = data.get_batch(rows)
-        mask = mask_fn(b.present, rows) & b.present
-        ok = mask.any(1)
-        skipped += int((~ok).sum())
-        if not ok.all():
-            b, mask = b.select(ok), mask[ok]
-        if len(b):
-            b = b.to(device)
-            meter.update(model(b.tokens, mask.to(device)), b.labels)
-    out = meter.compute()
-    out["skipped"] = float(skipped)
-    return out
+        full = data.get_batch(rows).to(device)
+        for key, fn in mask_fns.items():
+            mask = fn(full.present.cpu(), rows) & full.present.cpu()
+            ok = mask.any(1)
+            skipped[key] += int((~ok).sum())
+            b = full if ok.all() else full.select(ok.to(device))
+            if len(b):
+                meters[key].update(model(b.tokens, mask[ok].to(device)), b.labels)
+    return {key: {**meters[key].compute(), "skipped": float(skipped[key])} for key in mask_fns}
+
+
+def run_masked(model: torch.nn.Module, data: FeatureSet, mask_fn: MaskFn, batch_size: int = 256) -> dict[str, float]:
+    """Accuracy of ``model`` with each batch's mask replaced by ``mask_fn(present, rows)``."""
+    return run_masked_many(model, data, {"": mask_fn}, batch_size)[""]
+
+
+def subset_mask_fns(names: list[str], subsets: Sequence[tuple[str, ...]] | None = None) -> dict[str, MaskFn]:
+    return {
+        subset_name(s): (lambda p, rows, s=s: subset_mask(s, names, len(p))) for s in (subsets or all_subsets(names))
+    }
 
 
 def evaluate_subsets(
     model: torch.nn.Module, data: FeatureSet, subsets: Sequence[tuple[str, ...]] | None = None, batch_size: int = 256
 ) -> dict[str, dict[str, float]]:
-    names = data.modality_names
-    subsets = subsets or all_subsets(names)
-    return {
-        subset_name(s): run_masked(model, data, lambda p, rows, s=s: subset_mask(s, names, len(p)), batch_size)
-        for s in subsets
-    }
+    return run_masked_many(model, data, subset_mask_fns(data.modality_names, subsets), batch_size)
 
 
 def sensor_dropout_seed(seed: int, rate: float, repeat: int) -> int:
     return seed * 1000 + int(round(rate * 100)) * 10 + repeat
+
+
+def dropout_mask_fns(data: FeatureSet, rates: Sequence[float], seed: int, repeats: int) -> dict[str, MaskFn]:
+    """``"rate/repeat"`` -> the seeded sensor-failure masks of the whole split at that rate."""
+    present = torch.from_numpy(data.present)
+    fns: dict[str, MaskFn] = {}
+    for rate in rates:
+        for r in range(repeats):
+            masks = sensor_dropout_masks(present, rate, sensor_dropout_seed(seed, rate, r))
+            fns[f"{rate:.1f}/{r}"] = lambda p, rows, m=masks: m[rows]
+    return fns
+
+
+def _dropout_summary(runs: dict[str, dict[str, float]], rates: Sequence[float], repeats: int) -> dict:
+    out = {}
+    for rate in rates:
+        reps = [runs[f"{rate:.1f}/{r}"] for r in range(repeats)]
+        keys = [k for k in reps[0] if k not in ("count", "skipped")]
+        res = {k: float(np.mean([x[k] for x in reps])) for k in keys}
+        res.update({f"{k}_std": float(np.std([x[k] for x in reps])) for k in keys})
+        res["count"] = reps[0]["count"]
+        out[f"{rate:.1f}"] = res
+    return out
 
 
 def evaluate_sensor_dropout(
@@ -78,23 +107,8 @@ def evaluate_sensor_dropout(
     batch_size: int = 256,
 ) -> dict[str, dict[str, float]]:
     """Mean (and std over ``repeats``) accuracy per dropout rate, keyed ``"0.3"`` etc."""
-    all_masks = {}
-    for rate in rates:
-        for r in range(repeats):
-            all_masks[(rate, r)] = sensor_dropout_masks(
-                torch.from_numpy(data.present), rate, sensor_dropout_seed(seed, rate, r)
-            )
-    out = {}
-    for rate in rates:
-        runs = [
-            run_masked(model, data, lambda p, rows, m=all_masks[(rate, r)]: m[rows], batch_size) for r in range(repeats)
-        ]
-        keys = [k for k in runs[0] if k not in ("count", "skipped")]
-        res = {k: float(np.mean([x[k] for x in runs])) for k in keys}
-        res.update({f"{k}_std": float(np.std([x[k] for x in runs])) for k in keys})
-        res["count"] = runs[0]["count"]
-        out[f"{rate:.1f}"] = res
-    return out
+    runs = run_masked_many(model, data, dropout_mask_fns(data, rates, seed, repeats), batch_size)
+    return _dropout_summary(runs, rates, repeats)
 
 
 def evaluate_models(
@@ -105,14 +119,17 @@ def evaluate_models(
     rates: Sequence[float] = DROPOUT_RATES,
     progress: bool = False,
 ) -> dict:
-    """Evaluate several models (each on its own feature set ``data[name]``)."""
+    """Evaluate several models (each on its own feature set ``data[name]``), one read of each split
+    per model for every subset and every sensor-dropout rate and repeat."""
     results: dict = {"seed": seed, "repeats": repeats, "models": {}}
     bar = progress_bar(len(models), "evaluate", progress, unit="model")
-    for name in list(models):
-        model = models[name]
+    for name, model in models.items():
+        subsets = subset_mask_fns(data[name].modality_names)
+        drops = dropout_mask_fns(data[name], rates, seed, repeats)
+        runs = run_masked_many(model, data[name], {**subsets, **drops})
         results["models"][name] = {
-            "subsets": evaluate_subsets(model, data[name]),
-            "sensor_dropout": evaluate_sensor_dropout(model, data[name], rates, seed, repeats),
+            "subsets": {k: runs[k] for k in subsets},
+            "sensor_dropout": _dropout_summary({k: runs[k] for k in drops}, rates, repeats),
         }
         bar.update(1)
     bar.close()

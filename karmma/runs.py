@@ -10,7 +10,7 @@ import torch
 
 from karmma.checkpoint import load_model
 from karmma.config import DataConfig, ExperimentConfig, from_dict, load_config
-from karmma.data.dataset import FeatureSet, check_fits, feature_stats, require_samples
+from karmma.data.dataset import FeatureSet, check_fits, feature_stats, require_samples, validate_features
 from karmma.data.sources import load_paired, load_split
 from karmma.distill import distill
 from karmma.errors import DataError
@@ -86,6 +86,7 @@ def load_eval_data(meta: dict, val_store: str | None = None) -> FeatureSet:
         raise DataError("this model was trained without a validation store; pass --val PATH (a feature store)")
     data = load_split(data_cfg, "val", feature_set)
     require_samples(data, "evaluation")
+    validate_features(data, "evaluation")
     return data
 
 

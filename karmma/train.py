@@ -31,6 +31,7 @@ from karmma.checkpoint import (
 )
 from karmma.config import ExperimentConfig
 from karmma.data.dataset import FeatureSet, check_fits, require_samples, validate_features
+from karmma.data.loader import batch_loader
 from karmma.errors import Interrupted
 from karmma.evaluate import run_masked
 from karmma.faults import fault_point
@@ -162,6 +163,7 @@ def _fit(task: Task, train_data, cfg, run_dir, val_data, resume, progress, extra
                 threads,
             )
         log.info("resumed from %s at step %d/%d", latest, global_step, total_steps)
+    pin = device.type == "cuda"
     if info.enabled:
         task.prepare_distributed([device] if device.type == "cuda" else None)
     task.train()
@@ -187,12 +189,14 @@ def _fit(task: Task, train_data, cfg, run_dir, val_data, resume, progress, extra
         for epoch in range(global_step // steps_per_epoch, cfg.optim.epochs):
             order = torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(cfg.seed, -1 - epoch))).numpy()
             sums, steps = {}, 0
-            for s in range(global_step - epoch * steps_per_epoch, steps_per_epoch):
-                rows = order[s * bs : (s + 1) * bs]
+            first = global_step - epoch * steps_per_epoch
+            step_rows = [order[s * bs : (s + 1) * bs] for s in range(first, steps_per_epoch)]
+            mine = slice(info.rank, None, info.world)
+            loader = batch_loader(train_data, [rows[mine] for rows in step_rows], cfg.data.num_workers, pin)
+            for s, rows, batch in zip(range(first, steps_per_epoch), step_rows, loader):
                 gen = torch.Generator().manual_seed(step_seed(cfg.seed, global_step))
                 mask_all = apply_modality_dropout(torch.from_numpy(train_data.present[rows]), cfg.modality_dropout, gen)
-                mine = slice(info.rank, None, info.world)
-                batch = train_data.get_batch(rows[mine]).to(device)
+                batch = batch.to(device, non_blocking=pin)
                 mask = mask_all[mine].to(device)
                 torch.manual_seed(step_seed(cfg.seed, global_step))  # nn.Dropout draws
                 for group in optimizer.param_groups:

@@ -2,9 +2,10 @@
 
 A :class:`FeatureSet` holds, for N samples, one array-like ``(N, num_tokens, dim)`` per modality
 (numpy arrays or lazy h5py datasets), a ``(N, M)`` bool presence mask, and integer labels per
-task. ``get_batch`` reads, validates and collates a batch: absent modalities are zero-filled and
-flagged absent, present ones are checked for shape and NaN/Inf, and a sample with no modality is
-refused — each error names the source file and the sample.
+task. Shapes, labels and presence are checked when it is built; feature values (NaN/Inf, absurd
+magnitudes) once per split by :func:`validate_features` before training or evaluation (and at
+write time by the store writer), not on every batch. ``get_batch`` reads and collates a batch:
+absent modalities are zero-filled and flagged absent. Each error names the source and the sample.
 """
 
 from __future__ import annotations
@@ -35,16 +36,23 @@ class Batch:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def to(self, device: torch.device | str) -> Batch:
-        """The batch's tensors on ``device`` (ids and dataset indices stay on the CPU)."""
+    def _map(self, fn) -> Batch:
         return Batch(
             ids=self.ids,
-            tokens=[t.to(device) for t in self.tokens],
-            present=self.present.to(device),
-            labels={k: v.to(device) for k, v in self.labels.items()},
+            tokens=[fn(t) for t in self.tokens],
+            present=fn(self.present),
+            labels={k: fn(v) for k, v in self.labels.items()},
             index=self.index,
-            teacher_tokens=None if self.teacher_tokens is None else [t.to(device) for t in self.teacher_tokens],
+            teacher_tokens=None if self.teacher_tokens is None else [fn(t) for t in self.teacher_tokens],
         )
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """The batch's tensors on ``device`` (ids and dataset indices stay on the CPU)."""
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Batch:
+        """Page-locked copies, for asynchronous host-to-GPU copies (called by the DataLoader)."""
+        return self._map(lambda t: t.pin_memory())
 
     def select(self, rows: torch.Tensor) -> Batch:
         """The sub-batch of ``rows`` (a bool mask or index tensor)."""
@@ -69,6 +77,7 @@ class FeatureSet:
     tasks: dict[str, int]
     class_names: dict[str, list[str]] = field(default_factory=dict)
     source: str = "<memory>"
+    values_checked: bool = False  # validate_features() has passed on this set (in this process)
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -152,13 +161,6 @@ class FeatureSet:
         for m, s in enumerate(self.specs):
             x = self._read(s.name, idx) if len(idx) else np.zeros((0, *s.shape), np.float32)
             x[~present[:, m]] = 0.0
-            bad = ~np.isfinite(x).all(axis=(1, 2))
-            if bad.any():
-                which = [self.ids[i] for i in idx[bad][:5]]
-                raise DataError(
-                    f"{self.source}: modality {s.name!r} of sample(s) {which} holds NaN/Inf values; "
-                    "re-extract those samples or mark the modality absent"
-                )
             tokens.append(torch.from_numpy(x))
         present_t = torch.from_numpy(present.copy())
         ids = [self.ids[i] for i in idx]
@@ -184,6 +186,7 @@ class FeatureSet:
             tasks=self.tasks,
             class_names=self.class_names,
             source=self.source,
+            values_checked=self.values_checked,
         )
 
 
@@ -196,7 +199,9 @@ def require_samples(data: FeatureSet | PairedFeatureSet, role: str) -> None:
 
 def validate_features(data: FeatureSet, role: str, chunk: int = 1024) -> None:
     """Read every present feature once and refuse NaN/Inf or absurd magnitudes, naming the
-    samples — before training starts, not an epoch into it."""
+    samples — before training starts, not an epoch into it. Done once per set and process."""
+    if data.values_checked:
+        return
     for m, s in enumerate(data.specs):
         for start in range(0, len(data), chunk):
             idx = np.arange(start, min(len(data), start + chunk))
@@ -213,6 +218,7 @@ def validate_features(data: FeatureSet, role: str, chunk: int = 1024) -> None:
                         f"{[data.ids[i] for i in idx[bad][:5]]} holds {what}; re-extract those samples "
                         "or mark the modality absent"
                     )
+    data.values_checked = True
 
 
 def check_fits(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -247,25 +248,24 @@ def open_store(path: str | Path, feature_set: str = "teacher", in_memory: bool |
     """Open one feature set of a store as a :class:`FeatureSet`.
 
     Samples not yet written (``done`` False, an interrupted extraction) are left out with a
-    warning. ``in_memory=None`` loads files under 2 GiB into memory and reads larger ones lazily.
+    warning. ``in_memory=None`` loads files under 2 GiB into memory and reads larger ones lazily,
+    through per-process HDF5 handles (safe in DataLoader workers).
     """
     path = Path(path)
-    h5 = _open(path)
-    meta = _meta(h5, path)
-    sets = meta.get("feature_sets", {})
-    if feature_set not in sets:
-        h5.close()
-        raise DataError(f"{path}: no feature set {feature_set!r}; it has {sorted(sets)} (set data.feature_set)")
-    try:
-        specs = [ModalitySpec(**d) for d in sets[feature_set]]
-        ids = list(h5["ids"].asstr()[:])
-        done = h5["done"][:]
-        present = h5["present"][:]
-        labels = {t: h5[f"labels/{t}"][:] for t in meta["tasks"]}
-        features = {s.name: h5[f"features/{feature_set}/{s.name}"] for s in specs}
-    except (KeyError, OSError) as e:
-        h5.close()
-        raise DataError(f"{path}: missing or unreadable dataset ({e}); the store is corrupt — re-extract it") from e
+    with _open(path) as h5:
+        meta = _meta(h5, path)
+        sets = meta.get("feature_sets", {})
+        if feature_set not in sets:
+            raise DataError(f"{path}: no feature set {feature_set!r}; it has {sorted(sets)} (set data.feature_set)")
+        try:
+            specs = [ModalitySpec(**d) for d in sets[feature_set]]
+            ids = list(h5["ids"].asstr()[:])
+            done = h5["done"][:]
+            present = h5["present"][:]
+            labels = {t: h5[f"labels/{t}"][:] for t in meta["tasks"]}
+            features = {s.name: LazyH5(path, f"features/{feature_set}/{s.name}", h5) for s in specs}
+        except (KeyError, OSError) as e:
+            raise DataError(f"{path}: missing or unreadable dataset ({e}); the store is corrupt — re-extract it") from e
     if in_memory is None:
         in_memory = path.stat().st_size < _IN_MEMORY_LIMIT
     keep = np.flatnonzero(done)
@@ -286,14 +286,47 @@ def open_store(path: str | Path, feature_set: str = "teacher", in_memory: bool |
     )
     if in_memory:
         fs = fs.subset(np.arange(len(fs)))
-        h5.close()
+        for arr in features.values():
+            arr.close()
     return fs
 
 
-class _Rows:
-    """A row-subset view of an h5py dataset, indexable like it."""
+class LazyH5:
+    """An h5py dataset by (file, name), opened on first read in each process: a handle opened
+    before a fork is never used in a DataLoader worker."""
 
-    def __init__(self, ds: h5py.Dataset, rows: np.ndarray) -> None:
+    def __init__(self, path: Path, name: str, h5: h5py.File | None = None) -> None:
+        self.path, self.name = Path(path), name
+        ds = (h5 or h5py.File(path, "r"))[name]
+        self.shape, self.dtype, self.chunks = ds.shape, ds.dtype, ds.chunks
+        self._pid: int | None = None
+        self._file: h5py.File | None = None
+
+    def _ds(self) -> h5py.Dataset:
+        if self._pid != os.getpid() or self._file is None:
+            self._file = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._file[self.name]
+
+    def __getitem__(self, idx):
+        return self._ds()[idx]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+
+    def __getstate__(self) -> dict:  # pickled for spawned workers: without the handle
+        return {**self.__dict__, "_file": None, "_pid": None}
+
+
+class _Rows:
+    """A row-subset view of a dataset, indexable like it."""
+
+    def __init__(self, ds: LazyH5, rows: np.ndarray) -> None:
         self.ds, self.rows = ds, rows
         self.shape = (len(rows), *ds.shape[1:])
 

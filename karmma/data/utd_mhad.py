@@ -15,9 +15,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import scipy.io
 
+from karmma.data.readers import READERS, DatasetReader, Kind, SampleRef, or_absent
 from karmma.errors import DataError
 
 ACTIONS = [
@@ -112,3 +114,64 @@ def load_modality(path: str | Path, modality: str) -> np.ndarray:
     if not np.isfinite(x).all():
         raise DataError(f"{path}: {key} holds NaN/Inf values; the file is corrupt")
     return x
+
+
+DEPTH_SIZE = (60, 80)  # depth frames are resized to this (H, W) before pooling and flow
+DEPTH_SCALE = 4000.0  # mm -> roughly [0, 1]
+GYRO_SCALE = 200.0  # deg/s -> roughly [-1, 1]
+
+
+@READERS.register("utd_mhad")
+class UTDMHADReader(DatasetReader):
+    """Depth (~RGB), optical flow on depth (~optical flow), inertial (~audio) and skeleton;
+    cross-subject split (odd subjects train, even test), subjects as groups."""
+
+    modalities = {
+        "depth": Kind("frames", 1),
+        "flow": Kind("flow", 3),
+        "inertial": Kind("signal", 6),
+        "skeleton": Kind("skeleton", 60),
+    }
+    default_modalities = ("depth", "flow", "inertial")
+
+    def samples(self, root: Path, split: str) -> list[SampleRef]:
+        self.extra = {"dataset": "utd_mhad", "split": split}
+        clips = list_clips(root, split)
+        self.extra["subjects"] = sorted({c.subject for c in clips})
+        return [SampleRef(c.id, {"action": c.action}, f"s{c.subject}", c) for c in clips]
+
+    def tasks(self, refs: list[SampleRef]) -> tuple[dict[str, int], dict[str, list[str]]]:
+        return {"action": len(ACTIONS)}, {"action": ACTIONS}
+
+    def load(self, ref: SampleRef, modalities: tuple[str, ...], on_error: str) -> dict[str, np.ndarray]:
+        """Decoded, scaled raw inputs of one clip."""
+        from karmma.extractors.flow import flow_with_magnitude, to_uint8
+
+        clip: Clip = ref.source
+        out: dict[str, np.ndarray] = {}
+
+        def load(name: str) -> np.ndarray | None:
+            if name not in clip.files:
+                return None
+            return or_absent(lambda: load_modality(clip.files[name], name), on_error, f"{name} of {clip.id}")
+
+        if "depth" in modalities or "flow" in modalities:
+            depth = load("depth")
+            if depth is not None:
+                h, w = DEPTH_SIZE
+                frames = np.stack([cv2.resize(depth[:, :, t].astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+                                   for t in range(depth.shape[2])])  # fmt: skip
+                if "depth" in modalities:
+                    out["depth"] = frames / DEPTH_SCALE
+                if "flow" in modalities:
+                    out["flow"] = flow_with_magnitude(to_uint8(frames), scale=2.0)
+        if "inertial" in modalities:
+            x = load("inertial")
+            if x is not None:
+                out["inertial"] = np.concatenate([x[:, :3], x[:, 3:] / GYRO_SCALE], axis=1).astype(np.float32)
+        if "skeleton" in modalities:
+            s = load("skeleton")
+            if s is not None:
+                pos = (s - s[HIP_CENTER : HIP_CENTER + 1]).transpose(2, 0, 1).reshape(s.shape[2], -1)
+                out["skeleton"] = pos.astype(np.float32)
+        return out

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from karmma.data.dataset import FeatureSet, PairedFeatureSet, tokens_from_mapping
+from karmma.data.dataset import FeatureSet, PairedFeatureSet, tokens_from_mapping, validate_features
 from karmma.errors import DataError
 from karmma.modalities import ModalitySpec
 
@@ -59,11 +59,12 @@ def test_nan_in_present_modality_is_named_but_absent_nan_is_ignored():
     rgb[2, 0, 0] = np.nan
     present = np.ones((4, 2), bool)
     fs = make(feats={"rgb": rgb, "audio": rng.normal(size=(4, 1, 2))}, present=present)
-    with pytest.raises(DataError, match=r"s2.*NaN"):
-        fs.get_batch([0, 2])
+    with pytest.raises(DataError, match=r"training split, modality 'rgb' of sample\(s\) \['s2'\].*NaN"):
+        validate_features(fs, "training")
     present[2, 0] = False
     fs = make(feats={"rgb": rgb, "audio": rng.normal(size=(4, 1, 2))}, present=present)
-    assert torch.isfinite(fs.get_batch([2]).tokens[0]).all()
+    validate_features(fs, "training")
+    assert fs.values_checked and torch.isfinite(fs.get_batch([2]).tokens[0]).all()
 
 
 def test_paired_requires_same_samples():
