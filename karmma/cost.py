@@ -24,14 +24,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
-from karmma.modalities import all_subsets, subset_mask, subset_name
+from karmma import modalities
+from karmma.modalities import all_subsets, subset_name
 from karmma.models.karmma import KARMMA
 
 
 def dummy_inputs(model: KARMMA, subset: tuple[str, ...], batch: int = 1, device: str = "cpu"):
-    g = torch.Generator().manual_seed(0)
-    tokens = [torch.randn(batch, s.num_tokens, s.dim, generator=g).to(device) for s in model.specs]
-    return tokens, subset_mask(subset, model.modality_names, batch).to(device)
+    tokens, mask = modalities.dummy_inputs(model.specs, batch, subset)
+    return [t.to(device) for t in tokens], mask.to(device)
 
 
 def count_flops(model: KARMMA, subset: tuple[str, ...], batch: int = 1) -> int:
@@ -43,7 +43,7 @@ def count_flops(model: KARMMA, subset: tuple[str, ...], batch: int = 1) -> int:
 
 def count_params(model: KARMMA, subset: tuple[str, ...]) -> int:
     unused = [m for m, n in enumerate(model.modality_names) if n not in subset]
-    skip = {id(p) for m in unused for p in model.embed.proj[m].parameters()}
+    skip = {id(p) for m in unused for part in (model.embed.proj[m], model.encoders[m]) for p in part.parameters()}
     return sum(p.numel() for p in model.parameters() if id(p) not in skip)
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from karmma.errors import DataError, KarmmaError
-from karmma.modalities import ModalitySpec, all_subsets, subset_mask, subset_name
+from karmma.modalities import ModalitySpec, all_subsets, dummy_inputs, subset_name
 from karmma.models.karmma import KARMMA
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,7 @@ def export_onnx(model: KARMMA, meta: dict, path: str | Path, opset: int = 17) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
     names = model.modality_names
-    tokens = [torch.randn(2, s.num_tokens, s.dim) for s in model.specs]
-    present = torch.ones(2, len(names), dtype=torch.bool)
+    tokens, present = dummy_inputs(model.specs, 2)
     dynamic = {n: {0: "batch"} for n in [*names, "present", *model.tasks]}
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -110,12 +109,10 @@ def verify_onnx(model: KARMMA, path: str | Path, seed: int = 0, batch: int = 4, 
 
     model.eval()
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    g = torch.Generator().manual_seed(seed)
     names = model.modality_names
     diffs = {}
-    for subset in all_subsets(names):
-        tokens = [torch.randn(batch, s.num_tokens, s.dim, generator=g) for s in model.specs]
-        mask = subset_mask(subset, names, batch)
+    for i, subset in enumerate(all_subsets(names)):
+        tokens, mask = dummy_inputs(model.specs, batch, subset, seed=seed + i)
         with torch.no_grad():
             ref = model(tokens, mask)
         got = sess.run(list(model.tasks), onnx_feed(names, tokens, mask))

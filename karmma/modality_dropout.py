@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from karmma.config import ModalityDropoutConfig
+from karmma.modalities import subset_masks
 
 
 def independent_dropout(present: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
@@ -37,9 +38,7 @@ def subset_dropout(present: torch.Tensor, generator: torch.Generator) -> torch.T
         if k == 0:
             continue
         code = int(torch.randint(1, 2**k, (1,), generator=generator))
-        for j in range(k):
-            if code >> j & 1:
-                out[b, idx[j]] = True
+        out[b, idx] = subset_masks(k)[code - 1]
     return out
 
 

@@ -1,8 +1,11 @@
 import json
 
+import pytest
+
 from karmma.cli import main
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_tiny(tmp_path, capsys):
     args = ["demo", "--out", str(tmp_path / "demo"), "--epochs", "1", "--repeats", "1", "--no-progress",
             "--set", "data.synthetic.num_train=200", "--set", "data.synthetic.num_val=60"]  # fmt: skip

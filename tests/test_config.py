@@ -56,3 +56,30 @@ def test_yaml_never_runs_code(tmp_path):
 def test_missing_file():
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("/nonexistent/x.yaml")
+
+
+def test_old_heads_key_still_loads_with_a_deprecation_message(tmp_path, caplog):
+    import json
+    import logging
+
+    from karmma.checkpoint import load_model, model_metadata, save_model
+    from karmma.modalities import ModalitySpec
+    from karmma.models import KARMMA
+
+    p = tmp_path / "old.yaml"
+    p.write_text("model: {dim: 32, heads: 4}\n")
+    with caplog.at_level(logging.WARNING, logger="karmma.config"):
+        cfg = load_config(p)
+    assert cfg.model.attn_heads == 4 and "model.heads is deprecated: it is now" in caplog.text
+    p.write_text("model: {dim: 32, heads: 4, attn_heads: 4}\n")
+    with pytest.raises(ConfigError, match="both 'heads' and 'attn_heads'"):
+        load_config(p)
+    # A checkpoint written before the rename (model.json says "heads") loads.
+    model = KARMMA([ModalitySpec("rgb", 2, 3)], {"action": 2}, cfg.model)
+    folder = save_model(tmp_path / "m", model, model_metadata(model))
+    meta = json.loads((folder / "model.json").read_text())
+    meta["model"]["heads"] = meta["model"].pop("attn_heads")
+    for key in ("fusion", "encoders", "encoder_width", "encoder_layers"):
+        meta["model"].pop(key)
+    (folder / "model.json").write_text(json.dumps(meta))
+    assert load_model(folder)[0].cfg.attn_heads == 4

@@ -23,6 +23,7 @@ def _run(args, nproc=None, tmp=None):
     return r
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["train", "distill"])
 def test_ddp_two_processes_match_single_process(tmp_path, stage):
     cfg = tiny_experiment(epochs=2).to_dict()

@@ -118,9 +118,11 @@ def test_batch_rows_are_independent(specs, tasks):
     assert torch.allclose(full[1:2], single, atol=1e-5)
 
 
-def test_student_preset_is_smaller_than_teacher(specs, tasks):
-    from karmma.config import ModelConfig
+@pytest.mark.parametrize("pair", ["demo", "utd_mhad", "epic100"])
+def test_shipped_student_preset_is_smaller_than_its_teacher(specs, tasks, pair):
+    from karmma.config import load_config
+    from karmma.presets import preset_path
 
-    t = KARMMA(specs, tasks, ModelConfig.teacher())
-    s = KARMMA(specs, tasks, ModelConfig.student())
+    t = KARMMA(specs, tasks, load_config(preset_path(f"{pair}_teacher")).model)
+    s = KARMMA(specs, tasks, load_config(preset_path(f"{pair}_student")).model)
     assert sum(p.numel() for p in s.parameters()) < 0.5 * sum(p.numel() for p in t.parameters())
