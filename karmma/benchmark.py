@@ -1,6 +1,17 @@
-"""The UTD-MHAD benchmark (real data, cross-subject): teacher, KARMMA student and the paper's two
-baselines on the student architecture, evaluated per modality subset and under sensor dropout,
-with the cost table. ``karmma utd-mhad`` and ``benchmarks/utd_mhad.py`` run it."""
+"""The UTD-MHAD benchmark (real data, cross-subject; Chen, Jafari & Kehtarnavaz, ICIP 2015).
+
+1. Extract once (resumable): depth and flow-on-depth through frozen ImageNet EfficientNet-Lite
+   backbones (Lite2 teacher, Lite0 student), inertial and skeleton as raw resampled signals for
+   the models' trainable encoders.
+2. Split: odd subjects train, even subjects test. One training subject (``val_subject``, default
+   7) is held out as the validation split; every choice is made there. The test split is read once
+   per model, for the report.
+3. For each seed: teacher, KARMMA student (distilled), baseline-ce and baseline-md (the student
+   architecture without distillation), evaluated on every modality subset and under 0-90% sensor
+   dropout.
+4. ``summary.json``: per model, subset and dropout rate the mean, std and per-seed values; the
+   paired student - baseline-md differences; the full-pipeline cost table. ``report.md``: tables.
+"""
 
 from __future__ import annotations
 
@@ -9,53 +20,149 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
+
 from karmma.checkpoint import load_model
-from karmma.cost import cost_table, format_cost_table, write_cost
-from karmma.evaluate import format_dropout_table, format_table, write_results
-from karmma.extractors.extract import run_extract
+from karmma.data.store import open_store, write_store
+from karmma.evaluate import main_metric
+from karmma.extractors.extract import SIZES, backbone_encoder, run_extract
 from karmma.runs import run_comparison
 
 log = logging.getLogger(__name__)
+
+MODALITIES = ("depth", "flow", "inertial", "skeleton")
+
+
+def _subject(sample_id: str) -> int:
+    return int(sample_id.split("_s")[1].split("_")[0])
+
+
+def split_validation(train: Path, out_dir: Path, val_subject: int) -> tuple[Path, Path]:
+    """``fit.h5`` (training subjects but one) and ``val.h5`` (that subject), both feature sets."""
+    fit, val = out_dir / "fit.h5", out_dir / "val.h5"
+    if fit.is_file() and val.is_file():
+        return fit, val
+    sets = {fs: open_store(train, fs) for fs in SIZES}
+    ids = sets["teacher"].ids
+    is_val = np.array([_subject(i) == val_subject for i in ids])
+    if not is_val.any() or is_val.all():
+        raise ValueError(f"validation subject {val_subject} must be one of the training subjects, not all of them")
+    write_store(val, {k: v.subset(np.flatnonzero(is_val)) for k, v in sets.items()})
+    write_store(fit, {k: v.subset(np.flatnonzero(~is_val)) for k, v in sets.items()})
+    return fit, val
+
+
+def mean_std(values: list[float]) -> dict:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": [float(v) for v in values]}
+
+
+def aggregate(per_seed: list[dict], metric: str) -> dict:
+    """Mean/std over seeds per model, subset and dropout rate, and the paired student - baseline-md."""
+    first = per_seed[0]["models"]
+    out: dict = {"models": {}}
+    for name, r in first.items():
+        out["models"][name] = {
+            part: {key: mean_std([s["models"][name][part][key][metric] for s in per_seed]) for key in r[part]}
+            for part in ("subsets", "sensor_dropout")
+        }
+    if {"student", "baseline-md"} <= set(first):
+        paired: dict = {}
+        for part in ("subsets", "sensor_dropout"):
+            rows = {}
+            for key in first["student"][part]:
+                d = [s["models"]["student"][part][key][metric] - s["models"]["baseline-md"][part][key][metric]
+                     for s in per_seed]  # fmt: skip
+                rows[key] = mean_std(d)
+            paired[part] = {"rows": rows, "student_wins": sum(v["mean"] > 0 for v in rows.values()), "of": len(rows)}
+        subsets = list(first["student"]["subsets"])
+        paired["mean_over_subsets"] = mean_std(
+            [
+                np.mean(
+                    [
+                        s["models"]["student"]["subsets"][k][metric] - s["models"]["baseline-md"]["subsets"][k][metric]
+                        for k in subsets
+                    ]
+                )
+                for s in per_seed
+            ]  # fmt: skip
+        )
+        out["student_minus_baseline_md"] = paired
+    return out
+
+
+def format_summary(summary: dict, metric: str) -> str:
+    models = list(summary["models"])
+    lines = []
+    for part, title in (("subsets", "subset"), ("sensor_dropout", "sensor dropout")):
+        keys = list(summary["models"][models[0]][part])
+        lines += [f"| {title} ({metric}, mean ± std over seeds) | " + " | ".join(models) + " |",
+                  "|---|" + "---:|" * len(models)]  # fmt: skip
+        for k in keys:
+            label = f"{float(k) * 100:.0f}%" if part == "sensor_dropout" else k
+            cells = [f"{summary['models'][m][part][k]['mean']:.1f} ± {summary['models'][m][part][k]['std']:.1f}"
+                     for m in models]  # fmt: skip
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    paired = summary.get("student_minus_baseline_md")
+    if paired:
+        lines += ["| student − baseline-md | subsets | sensor dropout |", "|---|---:|---:|"]
+        lines.append(f"| cells where the student wins | {paired['subsets']['student_wins']}/{paired['subsets']['of']} "
+                     f"| {paired['sensor_dropout']['student_wins']}/{paired['sensor_dropout']['of']} |")  # fmt: skip
+        m = paired["mean_over_subsets"]
+        lines.append(f"| mean over subsets | {m['mean']:+.1f} ± {m['std']:.1f} | |")
+    return "\n".join(lines)
 
 
 def run_utd_mhad_benchmark(
     root: str | Path,
     out: str | Path = "runs/utd_mhad",
+    seeds: tuple[int, ...] = (0, 1, 2),
     epochs: int | None = None,
     progress: bool = False,
     limit: int | None = None,
-    seed: int = 0,
     repeats: int = 3,
-    workers: int = 2,
+    val_subject: int = 7,
+    overrides: list[str] | None = None,
 ) -> dict:
+    from karmma.data.readers import get_reader
+    from karmma.pipeline_cost import format_pipeline_cost, pipeline_cost_table
+
     out = Path(out)
     t0 = time.perf_counter()
     feats = {split: out / "features" / f"{split}.h5" for split in ("train", "test")}
     for split, path in feats.items():
-        run_extract("utd_mhad", root, path, split=split, progress=progress, limit=limit, workers=workers)
+        run_extract("utd_mhad", root, path, split=split, encoder="efficientnet", modalities=MODALITIES,
+                    progress=progress, limit=limit)  # fmt: skip
+    fit, val = split_validation(feats["train"], out / "features", val_subject)
     t_extract = time.perf_counter() - t0
-    overrides = [f"data.train={feats['train']}", f"data.val={feats['test']}", f"seed={seed}"]
-    if epochs is not None:
-        overrides.append(f"optim.epochs={epochs}")
-    results, tasks, dirs = run_comparison("utd_mhad_teacher", "utd_mhad_student", out, overrides, repeats, progress)
+    per_seed, dirs = [], {}
+    for seed in seeds:
+        sets = [f"data.train={fit}", f"data.val={val}", f"seed={seed}", *(overrides or [])]
+        sets += [f"optim.epochs={epochs}"] if epochs is not None else []
+        results, tasks, dirs = run_comparison("utd_mhad_teacher", "utd_mhad_student", out / f"seed{seed}", sets,
+                                              repeats, progress, eval_store=feats["test"])  # fmt: skip
+        per_seed.append(results)
     t_train = time.perf_counter() - t0 - t_extract
-    paths = write_results(results, out / "eval", tasks)
-    models = {k: load_model(dirs[k])[0] for k in ("teacher", "student")}
-    cost = cost_table(models, repeats=30)
-    paths.update({f"cost_{k}": v for k, v in write_cost(cost, out / "cost").items()})
-    metric = "action_top1"
-    n_test = int(list(results["models"]["teacher"]["subsets"].values())[-1]["count"])
-    md = "\n\n".join(
-        [
-            f"UTD-MHAD cross-subject (train: odd subjects, test: even subjects), {n_test} test clips, seed {seed}",
-            format_table(results, metric),
-            format_dropout_table(results, metric),
-            format_cost_table(cost),
-            f"extraction {t_extract:.0f} s, training and evaluation {t_train:.0f} s, "
-            f"total {time.perf_counter() - t0:.0f} s",
-        ]
-    )
+    metric = main_metric(tasks)
+    summary = aggregate(per_seed, metric)
+    reader = get_reader("utd_mhad")
+    pipelines = {
+        k: (load_model(dirs[k])[0], {m: backbone_encoder(reader.modalities[m], k) for m in MODALITIES})
+        for k in ("teacher", "student")
+    }
+    cost = pipeline_cost_table(pipelines)
+    n_test = int(list(per_seed[0]["models"]["teacher"]["subsets"].values())[-1]["count"])
+    md = "\n\n".join([
+        f"UTD-MHAD cross-subject: train odd subjects except s{val_subject} (validation), test even subjects "
+        f"({n_test} clips, read once per model); seeds {list(seeds)}",
+        format_summary(summary, metric),
+        format_pipeline_cost(cost),
+        f"extraction {t_extract:.0f} s, training and evaluation {t_train:.0f} s, "
+        f"total {time.perf_counter() - t0:.0f} s",
+    ])  # fmt: skip
     (out / "report.md").write_text(md + "\n")
-    summary = {"results": results, "cost": cost, "paths": {k: str(v) for k, v in paths.items()}, "markdown": md}
-    (out / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "markdown"}, indent=2))
-    return summary
+    full = {"protocol": {"val_subject": val_subject, "seeds": list(seeds), "metric": metric, "test_clips": n_test},
+            "summary": summary, "per_seed": per_seed, "cost": cost,
+            "seconds": {"extraction": t_extract, "training_and_evaluation": t_train}}  # fmt: skip
+    (out / "summary.json").write_text(json.dumps(full, indent=2))
+    return {**full, "markdown": md}

@@ -177,15 +177,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
 def cmd_utd(args: argparse.Namespace) -> int:
     from karmma.benchmark import run_utd_mhad_benchmark
 
-    report = run_utd_mhad_benchmark(
-        args.root,
-        args.out,
-        epochs=args.epochs,
-        progress=_progress(args),
-        limit=args.limit,
-        seed=args.seed,
-        repeats=args.repeats,
-    )
+    seeds = tuple(int(x) for x in args.seeds.split(","))
+    report = run_utd_mhad_benchmark(args.root, args.out, seeds=seeds, epochs=args.epochs, progress=_progress(args),
+                                    limit=args.limit, repeats=args.repeats, val_subject=args.val_subject,
+                                    overrides=args.set)  # fmt: skip
     print(report["markdown"])
     return 0
 
@@ -292,7 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="the .h5 feature store to write")
     sp.add_argument("--split", default="all", choices=["all", "train", "test"])
     sp.add_argument(
-        "--encoder", default="pool", choices=["pool", "cnn"], help="pool: parameter-free; cnn: needs --weights"
+        "--encoder",
+        default="pool",
+        choices=["pool", "efficientnet", "cnn"],
+        help="pool: parameter-free; efficientnet: ImageNet EfficientNet-Lite2/Lite0 frame backbones and raw "
+        "signals for trainable encoders; cnn: your own encoders (--weights)",
     )
     sp.add_argument("--weights", help="folder of pretrained encoder weights (safetensors), for --encoder cnn")
     sp.add_argument(
@@ -307,13 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_extract)
 
-    sp = sub.add_parser("utd-mhad", help="the UTD-MHAD benchmark: teacher, student, baselines, cost")
+    sp = sub.add_parser("utd-mhad", help="the UTD-MHAD benchmark: teacher, student, baselines over seeds, cost")
     sp.add_argument("--root", default="../shared/data/utd_mhad")
     sp.add_argument("--out", default="runs/utd_mhad")
+    sp.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (mean ± std over them)")
     sp.add_argument("--epochs", type=int, default=None)
-    sp.add_argument("--limit", type=int, default=None)
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--limit", type=int, default=None, help="only the first N clips per split (smoke tests)")
+    sp.add_argument("--val-subject", type=int, default=7, help="the training subject held out for validation")
     sp.add_argument("--repeats", type=int, default=3)
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of every config")
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_utd)
 

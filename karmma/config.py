@@ -53,6 +53,10 @@ class ModelConfig:
     encoders: dict[str, str] = field(default_factory=dict)
     encoder_width: int = 0  # width of trainable encoders (0: the fusion width, model.dim)
     encoder_layers: int = 2
+    encoder_tokens: int = 0  # tokens a trainable encoder pools its modality to (0: keep them all)
+    # Train-time augmentation of the standardised inputs (karmma.models.augment); 0 = off.
+    time_warp: float = 0.0  # random speed 1 +- w and shift, per sample
+    input_noise: float = 0.0  # Gaussian noise std
 
     def validate(self) -> None:
         from karmma.models.registries import check_model_names
@@ -70,8 +74,10 @@ class ModelConfig:
             raise ConfigError(f"model.mlp_ratio={self.mlp_ratio} must be a finite number > 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
-        if self.encoder_width < 0 or self.encoder_layers < 0:
-            raise ConfigError("model.encoder_width and model.encoder_layers must be >= 0")
+        if not (0.0 <= self.time_warp < 1.0 and 0.0 <= self.input_noise):
+            raise ConfigError("model.time_warp must be in [0, 1) and model.input_noise >= 0")
+        if self.encoder_width < 0 or self.encoder_layers < 0 or self.encoder_tokens < 0:
+            raise ConfigError("model.encoder_width, model.encoder_layers and model.encoder_tokens must be >= 0")
 
     @classmethod
     def teacher(cls) -> ModelConfig:
@@ -191,14 +197,15 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     device: str = "auto"  # "auto" (CUDA if available, else CPU), "cpu", "cuda", "cuda:1", ...
-    checkpoint_every: int = 0  # also checkpoint every N steps (0: at the end of each epoch only)
+    checkpoint_every: int = 0  # also checkpoint every N steps (0: at epoch ends only)
+    checkpoint_epochs: int = 1  # checkpoint at the end of every N-th epoch (and always of the last)
     keep_checkpoints: int = 2
 
     def validate(self) -> ExperimentConfig:
         for part in (self.data, self.model, self.modality_dropout, self.optim, self.distill):
             part.validate()
-        if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
-            raise ConfigError("checkpoint_every must be >= 0 and keep_checkpoints >= 1")
+        if self.checkpoint_every < 0 or self.keep_checkpoints < 1 or self.checkpoint_epochs < 1:
+            raise ConfigError("checkpoint_every must be >= 0, checkpoint_epochs and keep_checkpoints >= 1")
         if not DEVICE_RE.fullmatch(self.device):
             raise ConfigError(f"device={self.device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
         return self

@@ -119,6 +119,7 @@ def run_comparison(
     repeats: int = 3,
     progress: bool = False,
     resume: bool = True,
+    eval_store: str | Path | None = None,
 ) -> tuple[dict, list[str], dict[str, Path]]:
     """Train and evaluate the four models of the paper's comparison, in ``out_dir/<name>``:
 
@@ -127,7 +128,9 @@ def run_comparison(
     * ``baseline-ce``: the student architecture with CE only (no KD, no modality dropout),
     * ``baseline-md``: the student architecture with CE + modality dropout + missing tokens (no KD).
 
-    ``overrides`` (``key=value``) apply to every config. Returns (results, tasks, run folders).
+    ``overrides`` (``key=value``) apply to every config. The models are evaluated on
+    ``eval_store`` (e.g. the test split, read once at the end) or else on their validation split.
+    Returns (results, tasks, run folders).
     """
     out = Path(out_dir)
     base = list(overrides or [])
@@ -146,5 +149,6 @@ def run_comparison(
         student("modality_dropout.kind=none", "name=baseline-ce"), dirs["baseline-ce"], resume=resume, progress=progress
     )
     run_train(student("name=baseline-md"), dirs["baseline-md"], resume=resume, progress=progress)
-    results, tasks = run_evaluate(dirs, seed=teacher_cfg.seed, repeats=repeats, progress=progress)
+    eval_at = str(eval_store) if eval_store else None
+    results, tasks = run_evaluate(dirs, eval_at, seed=teacher_cfg.seed, repeats=repeats, progress=progress)
     return results, tasks, dirs

@@ -241,7 +241,8 @@ def _fit(task: Task, train_data, cfg, run_dir, val_data, resume, progress, extra
                     ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k not in ("epoch", "step")),
                 )
             log.info("epoch %d: %s", epoch + 1, record)
-            checkpoint(epoch + 1)
+            if (epoch + 1) % cfg.checkpoint_epochs == 0 or epoch + 1 == cfg.optim.epochs:
+                checkpoint(epoch + 1)
     except KeyboardInterrupt:
         bar.close()
         last = latest_checkpoint(run_dir)

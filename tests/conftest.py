@@ -52,3 +52,23 @@ def random_batch(specs, b, present=None, seed=0):
     if present is None:
         present = torch.ones(b, len(specs), dtype=torch.bool)
     return tokens, present
+
+
+def preset_specs(pair: str):
+    """The token shapes each shipped preset pair is trained on (teacher's, student's)."""
+    if pair == "demo":
+        from karmma.data.synthetic import specs as synth
+
+        return synth("teacher"), synth("student"), {"verb": 8, "noun": 12, "action": 40}
+    if pair == "utd_mhad":
+        from karmma.data.readers import get_reader
+        from karmma.extractors.extract import SIZES, backbone_encoder, encoder_specs
+
+        reader = get_reader("utd_mhad")
+        mods = tuple(reader.modalities)  # depth, flow, inertial, skeleton
+        encoders = {size: {m: backbone_encoder(reader.modalities[m], size) for m in mods} for size in SIZES}
+        sets = encoder_specs(encoders, mods)
+        return sets["teacher"], sets["student"], {"action": 27}
+    # EPIC-100 from community features: the same 1024-d TBN features for both (fusion-only cost).
+    epic = [ModalitySpec(m, 8, 1024) for m in ("rgb", "flow", "audio")]
+    return epic, epic, {"verb": 97, "noun": 300, "action": 3806}

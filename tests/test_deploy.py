@@ -10,10 +10,9 @@ from karmma.cli import main
 from karmma.cost import cost_table, count_flops, format_cost_table
 from karmma.errors import DataError
 from karmma.export import export_onnx, onnx_metadata, verify_onnx
-from karmma.modalities import ModalitySpec
 from karmma.models import KARMMA
 from karmma.predict import load_predictor, read_sample
-from tests.conftest import tiny_model_cfg
+from tests.conftest import preset_specs, tiny_model_cfg
 
 
 @pytest.fixture
@@ -24,30 +23,12 @@ def saved_student(tmp_path, specs, tasks):
     return save_model(tmp_path / "student", model, model_metadata(model, names)), model
 
 
-def _preset_specs(pair: str):
-    """The token shapes each shipped preset pair is trained on (teacher's, student's)."""
-    if pair == "demo":
-        from karmma.data.synthetic import specs as synth
-
-        return synth("teacher"), synth("student"), {"verb": 8, "noun": 12, "action": 40}
-    if pair == "utd_mhad":
-        from karmma.data.readers import get_reader
-        from karmma.extractors.extract import encoder_specs, pool_encoders
-
-        reader = get_reader("utd_mhad")
-        sets = encoder_specs(pool_encoders(reader, reader.default_modalities), reader.default_modalities)
-        return sets["teacher"], sets["student"], {"action": 27}
-    # EPIC-100 from community features: the same 1024-d TBN features for both (fusion-only cost).
-    epic = [ModalitySpec(m, 8, 1024) for m in ("rgb", "flow", "audio")]
-    return epic, epic, {"verb": 97, "noun": 300, "action": 3806}
-
-
 @pytest.mark.parametrize("pair", ["demo", "utd_mhad", "epic100"])
 def test_shipped_student_preset_at_most_half_the_teachers_flops(pair):
     from karmma.config import load_config
     from karmma.presets import preset_path
 
-    t_specs, s_specs, tasks = _preset_specs(pair)
+    t_specs, s_specs, tasks = preset_specs(pair)
     t = KARMMA(t_specs, tasks, load_config(preset_path(f"{pair}_teacher")).model)
     s = KARMMA(s_specs, tasks, load_config(preset_path(f"{pair}_student")).model)
     assert t.cfg.dropout > 0 and s.cfg.dropout > 0  # the shipped presets, as users get them

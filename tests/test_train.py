@@ -202,3 +202,9 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, fault):
     resumed = _cli(["train", "--config", str(cfg), "--run-dir", str(tmp_path / "run"), "--no-progress"])
     assert resumed.returncode == 0, resumed.stderr
     _same(_weights(tmp_path / "ref" / "final"), _weights(tmp_path / "run" / "final"), atol=1e-6)
+
+
+def test_checkpoint_every_n_epochs_and_always_the_last(tmp_path):
+    cfg = tiny_experiment(epochs=3, checkpoint_epochs=2, keep_checkpoints=5)  # 3 steps per epoch
+    run_train(cfg, tmp_path / "r")
+    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").glob("step-*")) == ["step-00000006", "step-00000009"]

@@ -66,10 +66,34 @@ def cnn_encoders(
     return out
 
 
+def backbone_encoder(kind: Kind, size: str) -> Encoder:
+    """Frozen ImageNet backbones for images (EfficientNet-Lite2 teacher, Lite0 student); raw
+    resampled signals for the model's trainable 1-D encoders."""
+    from karmma.extractors.backbone import BACKBONES, SIGNAL_STEPS, BackboneFlow, BackboneFrames, Resampled
+
+    variant, resolution = BACKBONES[size]
+    if kind.kind == "frames":
+        return BackboneFrames(NUM_TOKENS, variant, resolution)
+    if kind.kind == "flow":
+        return BackboneFlow(NUM_TOKENS, variant, resolution)
+    if kind.kind in ("signal", "skeleton"):
+        return Resampled(SIGNAL_STEPS, kind.channels, velocity=kind.kind == "skeleton")
+    raise DataError(f"no encoder for modality kind {kind.kind!r}; kinds: frames, flow, signal, skeleton")
+
+
+ENCODER_FAMILIES = ("pool", "efficientnet", "cnn")
+
+
 def encoder_specs(
     encoders: dict[str, dict[str, Encoder]], modalities: tuple[str, ...]
 ) -> dict[str, list[ModalitySpec]]:
-    return {size: [ModalitySpec(m, NUM_TOKENS, encoders[size][m].dim) for m in modalities] for size in SIZES}
+    return {
+        size: [
+            ModalitySpec(m, getattr(encoders[size][m], "num_tokens", NUM_TOKENS), encoders[size][m].dim)
+            for m in modalities
+        ]  # fmt: skip
+        for size in SIZES
+    }
 
 
 def _job(ref: SampleRef, reader: DatasetReader, modalities: tuple[str, ...], on_error: str, encoders):
@@ -106,7 +130,14 @@ def run_extract(
     ids = [r.id for r in refs]
     tasks, class_names = reader.tasks(refs)
     labels = {t: [r.labels[t] for r in refs] for t in tasks}
-    encoders = pool_encoders(reader, modalities) if encoder == "pool" else cnn_encoders(reader, modalities, weights)
+    if encoder == "pool":
+        encoders = pool_encoders(reader, modalities)
+    elif encoder == "efficientnet":
+        encoders = {size: {m: backbone_encoder(reader.modalities[m], size) for m in modalities} for size in SIZES}
+    elif encoder == "cnn":
+        encoders = cnn_encoders(reader, modalities, weights)
+    else:
+        raise DataError(f"unknown encoder family {encoder!r}; choose one of {ENCODER_FAMILIES}")
     extra = {**reader.extra, "encoder": encoder}
     writer = FeatureStoreWriter(out, ids, labels, tasks, encoder_specs(encoders, modalities), class_names,
                                 extra=extra, resume=resume)  # fmt: skip

@@ -47,10 +47,11 @@ class ModalityEmbedding(nn.Module):
             getattr(self, f"input_mean_{m}").copy_(torch.as_tensor(mu))
             getattr(self, f"input_std_{m}").copy_(torch.as_tensor(sd).clamp_min(1e-6))
 
-    def standardize(self, m: int, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """Stored tokens of modality ``m``, standardised, zeros where absent (``keep`` (B, 1, 1)).
-        Absent values never reach the model, whatever they hold (NaN included)."""
-        x = (x - getattr(self, f"input_mean_{m}")) / getattr(self, f"input_std_{m}")
+    def standardize(self, m: int, x: torch.Tensor, keep: torch.Tensor, scale: bool = True) -> torch.Tensor:
+        """Stored tokens of modality ``m``, standardised (unless ``scale`` is False), zeros where
+        absent (``keep`` (B, 1, 1)). Absent values never reach the model, whatever they hold."""
+        if scale:
+            x = (x - getattr(self, f"input_mean_{m}")) / getattr(self, f"input_std_{m}")
         return torch.where(keep, x, torch.zeros((), dtype=x.dtype))
 
     def forward(self, tokens: list[torch.Tensor], present: torch.Tensor) -> torch.Tensor:

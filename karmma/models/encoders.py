@@ -2,14 +2,16 @@
 
 ``model.encoders`` maps a modality to a registered encoder (default ``identity``: today's token
 features go straight to the embedding). An encoder takes the standardised stored tokens
-(B, N, D) of one modality — zeros where the modality is absent — and returns (B, N', D'), which
-:meth:`out_spec` declares so that the embedding is sized for it. A registered encoder is built
+(B, N, D) of one modality — zeros where the modality is absent; raw, unstandardised values when
+it sets ``standardize_inputs = False`` — and returns (B, N', D'), which :meth:`out_spec`
+declares so that the embedding is sized for it. A registered encoder is built
 with ``from_config(spec, cfg)``; its ``__init__`` takes plain arguments.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from karmma.modalities import ModalitySpec
@@ -40,11 +42,15 @@ class IdentityEncoder(nn.Module):
 @ENCODERS.register("temporal_conv")
 class TemporalConvEncoder(nn.Module):
     """A trainable temporal encoder over frame/signal tokens: ``layers`` residual 1-D conv blocks
-    (kernel 3, over the token axis) at width ``width``; keeps the number of tokens."""
+    (kernel 3, over the token axis) at width ``width``, then average-pooled to ``out_tokens``
+    tokens (0: keep the number of tokens) — e.g. 32 raw inertial steps -> 8 fusion tokens."""
 
-    def __init__(self, spec: ModalitySpec, width: int, layers: int = 2, dropout: float = 0.0) -> None:
+    def __init__(
+        self, spec: ModalitySpec, width: int, layers: int = 2, dropout: float = 0.0, out_tokens: int = 0
+    ) -> None:
         super().__init__()
-        self.spec = ModalitySpec(spec.name, spec.num_tokens, width)
+        self.out_tokens = out_tokens if 0 < out_tokens < spec.num_tokens else 0
+        self.spec = ModalitySpec(spec.name, self.out_tokens or spec.num_tokens, width)
         self.inp = nn.Linear(spec.dim, width)
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.LayerNorm(width), _Conv1d(width), nn.GELU(), nn.Dropout(dropout)) for _ in range(layers)
@@ -52,7 +58,13 @@ class TemporalConvEncoder(nn.Module):
 
     @classmethod
     def from_config(cls, spec: ModalitySpec, cfg) -> TemporalConvEncoder:
-        return cls(spec, width=cfg.encoder_width or cfg.dim, layers=cfg.encoder_layers, dropout=cfg.dropout)
+        return cls(
+            spec,
+            width=cfg.encoder_width or cfg.dim,
+            layers=cfg.encoder_layers,
+            dropout=cfg.dropout,
+            out_tokens=cfg.encoder_tokens,
+        )
 
     def out_spec(self) -> ModalitySpec:
         return self.spec
@@ -61,6 +73,8 @@ class TemporalConvEncoder(nn.Module):
         h = self.inp(x)
         for block in self.blocks:
             h = h + block(h)
+        if self.out_tokens:
+            h = F.adaptive_avg_pool1d(h.transpose(1, 2), self.out_tokens).transpose(1, 2)
         return h
 
 
@@ -83,3 +97,39 @@ def build_encoders(specs: list[ModalitySpec], names: dict[str, str], cfg) -> nn.
     if unknown:
         raise ConfigError(f"model.encoders names modality {unknown}; the data has {[s.name for s in specs]}")
     return nn.ModuleList(ENCODERS.get(names.get(s.name, "identity")).from_config(s, cfg) for s in specs)
+
+
+@ENCODERS.register("efficientnet_lite0")
+class FineTunedBackbone(nn.Module):
+    """The student's image backbone trained end to end: each stored token is one raw RGB image
+    (3 x S x S values in [0, 1], flattened), run through ImageNet-initialised EfficientNet-Lite0
+    whose weights are all trained -> (N, 1280). For GPU hosts; tested on tiny images."""
+
+    def __init__(self, spec: ModalitySpec, variant: str = "lite0") -> None:
+        super().__init__()
+        from karmma.errors import ConfigError
+        from karmma.extractors.efficientnet_lite import EfficientNetLite, load_pretrained
+
+        side = int(round((spec.dim / 3) ** 0.5))
+        if 3 * side * side != spec.dim:
+            raise ConfigError(
+                f"modality {spec.name!r}: tokens of {spec.dim} values are not 3 x S x S images; the "
+                "efficientnet_lite0 encoder takes raw frames stored flattened"
+            )
+        self.side = side
+        self.standardize_inputs = False  # pixels in [0, 1], as the ImageNet weights expect
+        self.backbone = load_pretrained(variant).train()
+        self.backbone._fc = nn.Identity()  # the ImageNet classifier is not used: features only
+        self.spec = ModalitySpec(spec.name, spec.num_tokens, EfficientNetLite.FEATURE_DIM)
+
+    @classmethod
+    def from_config(cls, spec: ModalitySpec, cfg) -> FineTunedBackbone:
+        return cls(spec)
+
+    def out_spec(self) -> ModalitySpec:
+        return self.spec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        images = x.reshape(b * n, 3, self.side, self.side)
+        return self.backbone.forward_features(images).reshape(b, n, -1)

@@ -23,6 +23,7 @@ from torch import nn
 from karmma.config import ModelConfig
 from karmma.errors import DataError
 from karmma.modalities import ModalitySpec
+from karmma.models.augment import TokenAugment
 from karmma.models.embedding import ModalityEmbedding
 from karmma.models.encoders import build_encoders
 from karmma.models.fusion import FUSION
@@ -50,6 +51,7 @@ class KARMMA(nn.Module):
         self.specs = list(specs)  # what the model takes (the stored tokens)
         self.tasks = dict(tasks)
         self.cfg = cfg
+        self.augment = TokenAugment(cfg.time_warp, cfg.input_noise)
         self.encoders = (
             nn.ModuleList(encoders) if encoders is not None else build_encoders(self.specs, cfg.encoders, cfg)
         )
@@ -82,11 +84,12 @@ class KARMMA(nn.Module):
 
     def encode(self, tokens: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], present: torch.Tensor):
         """Each modality's standardised tokens through its encoder (absent ones as zeros)."""
-        xs = self._as_list(tokens)
-        return [
-            enc(self.embed.standardize(m, x, present[:, m, None, None]))
-            for m, (x, enc) in enumerate(zip(xs, self.encoders))
-        ]
+        out = []
+        for m, (x, enc) in enumerate(zip(self._as_list(tokens), self.encoders)):
+            keep = present[:, m, None, None]
+            x = self.embed.standardize(m, x, keep, getattr(enc, "standardize_inputs", True))
+            out.append(enc(torch.where(keep, self.augment(x), x)))
+        return out
 
     def forward_features(
         self, tokens: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], present: torch.Tensor

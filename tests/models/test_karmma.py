@@ -119,10 +119,33 @@ def test_batch_rows_are_independent(specs, tasks):
 
 
 @pytest.mark.parametrize("pair", ["demo", "utd_mhad", "epic100"])
-def test_shipped_student_preset_is_smaller_than_its_teacher(specs, tasks, pair):
+def test_shipped_student_preset_is_smaller_than_its_teacher(pair):
     from karmma.config import load_config
     from karmma.presets import preset_path
+    from tests.conftest import preset_specs
 
-    t = KARMMA(specs, tasks, load_config(preset_path(f"{pair}_teacher")).model)
-    s = KARMMA(specs, tasks, load_config(preset_path(f"{pair}_student")).model)
+    t_specs, s_specs, tasks = preset_specs(pair)
+    t = KARMMA(t_specs, tasks, load_config(preset_path(f"{pair}_teacher")).model)
+    s = KARMMA(s_specs, tasks, load_config(preset_path(f"{pair}_student")).model)
     assert sum(p.numel() for p in s.parameters()) < 0.5 * sum(p.numel() for p in t.parameters())
+
+
+def test_token_augment_is_train_only_seeded_and_spares_absent_modalities(specs, tasks):
+    from karmma.models.augment import TokenAugment
+
+    x = torch.randn(4, 6, 3)
+    aug = TokenAugment(time_warp=0.3, noise=0.1)
+    assert torch.equal(aug.eval()(x), x) and torch.equal(TokenAugment().train()(x), x)
+    aug.train()
+    torch.manual_seed(0)
+    a = aug(x)
+    torch.manual_seed(0)
+    assert torch.equal(a, aug(x)) and not torch.equal(a, x) and a.shape == x.shape
+    model = KARMMA(specs, tasks, tiny_model_cfg(time_warp=0.3, input_noise=0.5)).train()
+    tokens, present = random_batch(specs, 3)
+    present[:, 1] = False
+    torch.manual_seed(1)
+    enc = model.encode(tokens, present)
+    assert torch.equal(enc[1], torch.zeros_like(enc[1]))  # an absent modality stays empty
+    model.eval()
+    assert torch.equal(model.encode(tokens, present)[0], model.encode(tokens, present)[0])

@@ -1,0 +1,36 @@
+"""``karmma utd-mhad`` end to end on a tiny UTD-MHAD tree written by the test: real EfficientNet
+backbones, trainable encoders, a validation subject, two seeds, the test split read at the end."""
+
+import json
+
+import pytest
+
+from tests.extractors.test_extract import make_utd
+from tests.hostile import cli
+
+CLIPS = [(a, s, t) for s in (1, 2, 3, 4) for a in (1, 2, 3) for t in (1, 2)]
+
+
+@pytest.mark.slow
+def test_utd_mhad_benchmark_on_a_tiny_tree(tmp_path, capsys):
+    root = make_utd(tmp_path / "utd", clips=CLIPS, skip={("a2_s1_t1", "depth")})
+    rc, out, err = cli(capsys, "utd-mhad", "--root", root, "--out", tmp_path / "bench", "--seeds", "0,1",
+                       "--epochs", "1", "--val-subject", "3", "--repeats", "1", "--no-progress",
+                       "--set", "optim.batch_size=4")  # fmt: skip
+    assert rc == 0, err
+    summary = json.loads((tmp_path / "bench" / "summary.json").read_text())
+    assert summary["protocol"]["test_clips"] == 12 and summary["protocol"]["val_subject"] == 3
+    teacher = summary["summary"]["models"]["teacher"]
+    assert len(teacher["subsets"]) == 15 and len(teacher["sensor_dropout"]) == 10
+    assert len(teacher["subsets"]["depth+flow+inertial+skeleton"]["values"]) == 2  # one per seed
+    paired = summary["summary"]["student_minus_baseline_md"]
+    assert paired["subsets"]["of"] == 15 and paired["sensor_dropout"]["of"] == 10
+    cost = summary["cost"]
+    full = "depth+flow+inertial+skeleton"
+    assert cost["models"]["teacher"][full]["extractor_images"] == 24
+    assert cost["models"]["teacher"]["inertial"]["extractor_images"] == 0  # no backbone for a signal
+    assert cost["student_vs_teacher"]["flops"] < 0.5
+    assert "student − baseline-md" in out and "GFLOPs (all)" in out
+    # The validation subject never reaches training; test clips are only evaluated.
+    fit = json.loads((tmp_path / "bench" / "seed0" / "teacher" / "config.json").read_text())["data"]
+    assert fit["train"].endswith("fit.h5") and fit["val"].endswith("val.h5")
