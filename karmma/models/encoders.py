@@ -20,27 +20,33 @@ from karmma.registry import Registry
 ENCODERS = Registry("modality encoder")
 
 
+class ModalityEncoder(nn.Module):
+    """Base of the registered encoders: ``self.spec`` is what it outputs."""
+
+    spec: ModalitySpec
+
+    @classmethod
+    def from_config(cls, spec: ModalitySpec, cfg) -> ModalityEncoder:
+        return cls(spec)
+
+    def out_spec(self) -> ModalitySpec:
+        return self.spec
+
+
 @ENCODERS.register("identity")
-class IdentityEncoder(nn.Module):
+class IdentityEncoder(ModalityEncoder):
     """The stored tokens as they are (no parameters)."""
 
     def __init__(self, spec: ModalitySpec) -> None:
         super().__init__()
         self.spec = spec
 
-    @classmethod
-    def from_config(cls, spec: ModalitySpec, cfg) -> IdentityEncoder:
-        return cls(spec)
-
-    def out_spec(self) -> ModalitySpec:
-        return self.spec
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
 
 @ENCODERS.register("temporal_conv")
-class TemporalConvEncoder(nn.Module):
+class TemporalConvEncoder(ModalityEncoder):
     """A trainable temporal encoder over frame/signal tokens: ``layers`` residual 1-D conv blocks
     (kernel 3, over the token axis) at width ``width``, then average-pooled to ``out_tokens``
     tokens (0: keep the number of tokens) — e.g. 32 raw inertial steps -> 8 fusion tokens."""
@@ -65,9 +71,6 @@ class TemporalConvEncoder(nn.Module):
             dropout=cfg.dropout,
             out_tokens=cfg.encoder_tokens,
         )
-
-    def out_spec(self) -> ModalitySpec:
-        return self.spec
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.inp(x)
@@ -100,7 +103,7 @@ def build_encoders(specs: list[ModalitySpec], names: dict[str, str], cfg) -> nn.
 
 
 @ENCODERS.register("efficientnet_lite0")
-class FineTunedBackbone(nn.Module):
+class FineTunedBackbone(ModalityEncoder):
     """The student's image backbone trained end to end: each stored token is one raw RGB image
     (3 x S x S values in [0, 1], flattened), run through ImageNet-initialised EfficientNet-Lite0
     whose weights are all trained -> (N, 1280). For GPU hosts; tested on tiny images."""
@@ -121,13 +124,6 @@ class FineTunedBackbone(nn.Module):
         self.backbone = load_pretrained(variant).train()
         self.backbone._fc = nn.Identity()  # the ImageNet classifier is not used: features only
         self.spec = ModalitySpec(spec.name, spec.num_tokens, EfficientNetLite.FEATURE_DIM)
-
-    @classmethod
-    def from_config(cls, spec: ModalitySpec, cfg) -> FineTunedBackbone:
-        return cls(spec)
-
-    def out_spec(self) -> ModalitySpec:
-        return self.spec
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
