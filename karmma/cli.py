@@ -80,6 +80,16 @@ def cmd_distill(args: argparse.Namespace) -> int:
     info = distributed.init()
     cfg = _config(args)
     res = run_distill(cfg, args.teacher, args.run_dir, resume=not args.no_resume, progress=_progress(args))
+    if info.is_main and res.diagnostics:
+        from karmma.diagnostics import format_diagnostics
+
+        print(format_diagnostics(res.diagnostics))
+        if res.diagnostics["memorised"]:
+            print(
+                "warning: the teacher's soft targets are nearly the labels on this data (see above); distillation "
+                "can add little: use out-of-fold teacher logits, a higher temperature or a more regularised teacher"
+            )
+        print()
     if info.is_main:
         print(json.dumps(res.history[-1] if res.history else {}, indent=2))
         print(f"student: {Path(args.run_dir) / 'final'}")

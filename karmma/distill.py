@@ -13,8 +13,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from karmma.config import ExperimentConfig
 from karmma.data.dataset import FeatureSet, PairedFeatureSet
+from karmma.diagnostics import teacher_diagnostics
 from karmma.distributed import resolve_device
 from karmma.errors import CheckpointError
 from karmma.models.karmma import KARMMA
@@ -25,6 +28,8 @@ from karmma.train import FitResult, check_training_data, fit
 log = logging.getLogger(__name__)
 
 __all__ = ["cache_teacher_logits", "distill"]
+
+DIAGNOSTIC_SAMPLES = 2048  # without a logit cache, the teacher diagnostics read this many samples
 
 
 def distill(
@@ -51,8 +56,15 @@ def distill(
     cache = None
     if cfg.distill.cache_teacher_logits:
         cache = cache_teacher_logits(teacher, data, progress=progress)
+        seen, seen_cache = data, cache
+    else:  # diagnostics from a strided sample, so that memory stays bounded
+        rows = np.unique(np.linspace(0, len(data) - 1, min(len(data), DIAGNOSTIC_SAMPLES)).astype(np.int64))
+        seen = PairedFeatureSet(data.student.subset(rows), data.teacher.subset(rows))
+        seen_cache = cache_teacher_logits(teacher, seen)
+    diagnostics = teacher_diagnostics(seen_cache, seen.student.labels, seen.present, seen.student.modality_names,
+                                      cfg.distill.temperature)  # fmt: skip
     task = TASKS.get(cfg.distill.task).from_config(student, teacher, cfg, cache)
-    return fit(
+    result = fit(
         task,
         data.student if cache is not None else data,  # with the cache the teacher's features are not read
         cfg,
@@ -64,3 +76,5 @@ def distill(
         fingerprint_extra={"teacher weights": teacher_hash},
         check_data=False,
     )
+    result.diagnostics = diagnostics
+    return result

@@ -50,6 +50,7 @@ class FitResult:
     global_step: int
     history: list[dict[str, Any]] = field(default_factory=list)
     samples_per_second: float = 0.0
+    diagnostics: dict[str, Any] = field(default_factory=dict)  # e.g. what a teacher passes on
 
 
 def seed_everything(seed: int) -> None:

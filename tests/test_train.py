@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -208,3 +209,28 @@ def test_checkpoint_every_n_epochs_and_always_the_last(tmp_path):
     cfg = tiny_experiment(epochs=3, checkpoint_epochs=2, keep_checkpoints=5)  # 3 steps per epoch
     run_train(cfg, tmp_path / "r")
     assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").glob("step-*")) == ["step-00000006", "step-00000009"]
+
+
+def test_distill_prints_what_the_teacher_passes_on_and_warns_when_it_memorised(tmp_path, capsys):
+    from karmma.cli import main
+
+    small = ["--set", "data.synthetic.num_train=64", "--set", "data.synthetic.num_val=32", "--no-progress"]
+    assert main(["train", "--config", "demo_teacher", "--run-dir", str(tmp_path / "t"), "--set", "optim.epochs=1",
+                 *small]) == 0  # fmt: skip
+    capsys.readouterr()
+    args = ["distill", "--config", "demo_student", "--teacher", str(tmp_path / "t"), "--set", "optim.epochs=1", *small]
+    assert main([*args, "--run-dir", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "| teacher on the distillation data (T=2) |" in out
+    assert re.search(r"^\| rgb\+flow\+audio \| [1-9]\d \| \d+\.\d \| 0\.\d\d \|", out, flags=re.M)
+    assert "warning" not in out  # one epoch: nowhere near memorised
+    # A teacher trained to memorise 64 samples: the warning says so, and what to do.
+    assert main(["train", "--config", "demo_teacher", "--run-dir", str(tmp_path / "m"), "--set", "optim.epochs=80",
+                 "--set", "optim.lr=0.003", "--set", "data.synthetic.absent_rate=0.0", "--set", "model.dropout=0.0",
+                 "--set", "modality_dropout.kind=none", *small]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["distill", "--config", "demo_student", "--teacher", str(tmp_path / "m"), "--run-dir",
+                 str(tmp_path / "s2"), "--set", "optim.epochs=1", "--set", "data.synthetic.absent_rate=0.0",
+                 "--set", "distill.temperature=1.0", *small]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "warning: the teacher's soft targets are nearly the labels" in out and "out-of-fold" in out
