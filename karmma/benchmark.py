@@ -113,6 +113,16 @@ def format_summary(summary: dict, metric: str) -> str:
     return "\n".join(lines)
 
 
+def _plots(summary: dict, metric: str, out: Path) -> None:
+    """The paper-style plots of the means over seeds (``sensor_dropout.png``, ``subsets.png``)."""
+    from karmma.plots import plot_sensor_dropout, plot_subsets
+
+    means = {"models": {name: {part: {k: {metric: v["mean"]} for k, v in r[part].items()} for part in r}
+                        for name, r in summary["models"].items()}}  # fmt: skip
+    plot_sensor_dropout(means, metric, out / "sensor_dropout.png")
+    plot_subsets(means, metric, out / "subsets.png")
+
+
 def run_utd_mhad_benchmark(
     root: str | Path,
     out: str | Path = "runs/utd_mhad",
@@ -161,6 +171,7 @@ def run_utd_mhad_benchmark(
         f"total {time.perf_counter() - t0:.0f} s",
     ])  # fmt: skip
     (out / "report.md").write_text(md + "\n")
+    _plots(summary, metric, out)
     full = {"protocol": {"val_subject": val_subject, "seeds": list(seeds), "metric": metric, "test_clips": n_test},
             "summary": summary, "per_seed": per_seed, "cost": cost,
             "seconds": {"extraction": t_extract, "training_and_evaluation": t_train}}  # fmt: skip

@@ -31,6 +31,7 @@ def test_utd_mhad_benchmark_on_a_tiny_tree(tmp_path, capsys):
     assert cost["models"]["teacher"]["inertial"]["extractor_images"] == 0  # no backbone for a signal
     assert cost["student_vs_teacher"]["flops"] < 0.5
     assert "student − baseline-md" in out and "GFLOPs (all)" in out
+    assert (tmp_path / "bench" / "sensor_dropout.png").stat().st_size > 1000
     # The validation subject never reaches training; test clips are only evaluated.
     fit = json.loads((tmp_path / "bench" / "seed0" / "teacher" / "config.json").read_text())["data"]
     assert fit["train"].endswith("fit.h5") and fit["val"].endswith("val.h5")
