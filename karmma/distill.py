@@ -74,7 +74,6 @@ def distill(
         progress=progress,
         extra_meta={"stage": "distill", **(extra_meta or {})},
         fingerprint_extra={"teacher weights": teacher_hash},
-        check_data=False,
     )
     result.diagnostics = diagnostics
     return result

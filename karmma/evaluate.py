@@ -43,9 +43,10 @@ def run_masked_many(
     skipped = dict.fromkeys(mask_fns, 0)
     for start in range(0, len(data), batch_size):
         rows = np.arange(start, min(len(data), start + batch_size))
-        full = data.get_batch(rows).to(device)
+        batch = data.get_batch(rows)
+        present, full = batch.present, batch.to(device)
         for key, fn in mask_fns.items():
-            mask = fn(full.present.cpu(), rows) & full.present.cpu()
+            mask = fn(present, rows) & present
             ok = mask.any(1)
             skipped[key] += int((~ok).sum())
             b = full if ok.all() else full.select(ok.to(device))

@@ -74,13 +74,14 @@ def pipeline_cost_table(pipelines: dict[str, tuple[KARMMA, dict[str, object]]], 
             ext_params = sum(sum(p.numel() for p in backbone(v).parameters()) for v, _ in images)
             ext_ms = sum(_backbone_latency_ms(v, r, n, repeats) for (v, r), n in images.items())
             model_ms = latency_ms(model, subset, 1, max(repeats, 10))
+            model_params, model_flops = count_params(model, subset), count_flops(model, subset)
             rows[subset_name(subset)] = {
-                "params": ext_params + count_params(model, subset),
-                "flops": ext_flops + count_flops(model, subset),
+                "params": ext_params + model_params,
+                "flops": ext_flops + model_flops,
                 "latency_ms": ext_ms + model_ms,
                 "peak_memory_bytes": peak_memory_bytes(model, subset),
-                "model_params": count_params(model, subset),
-                "model_flops": count_flops(model, subset),
+                "model_params": model_params,
+                "model_flops": model_flops,
                 "model_latency_ms": model_ms,
                 "extractor_images": sum(images.values()),
             }

@@ -75,9 +75,8 @@ def _hash_array(h: Any, a: Any) -> None:
 def data_fingerprint(data: Any, samples: int = 32) -> str:
     """sha256 of a FeatureSet's (or PairedFeatureSet's) ids, labels, presence, specs and features
     of ``samples`` rows spread over the set."""
-    sets = [data.student, data.teacher] if hasattr(data, "teacher") else [data]
     h = hashlib.sha256()
-    for fs in sets:
+    for fs in data.parts():
         h.update(json.dumps([s.to_dict() for s in fs.specs]).encode())
         h.update(json.dumps(fs.tasks, sort_keys=True).encode())
         h.update("\n".join(fs.ids).encode())

@@ -90,11 +90,11 @@ def check_training_data(train_data: FeatureSet, val_data: FeatureSet | None) -> 
     """Everything that can be known wrong before the first step: empty splits, NaN/Inf or absurd
     features in either split, a validation split of other modalities or classes."""
     require_samples(train_data, "training")
-    for fs in (train_data.student, train_data.teacher) if hasattr(train_data, "teacher") else (train_data,):
-        validate_features(fs, "training")
+    for fs in train_data.parts():
+        validate_features(fs, "training")  # once per set: a second call is free
     if val_data is not None:
         require_samples(val_data, "validation")
-        ref = train_data.student if hasattr(train_data, "teacher") else train_data
+        ref = train_data.parts()[0]
         check_fits(ref.specs, ref.tasks, ref.class_names, val_data, f"the training split ({ref.source})")
         validate_features(val_data, "validation")
 
@@ -110,7 +110,6 @@ def fit(
     progress: bool = False,
     extra_meta: dict | None = None,
     fingerprint_extra: dict | None = None,
-    check_data: bool = True,
 ) -> FitResult:
     """Optimise ``task`` on ``train_data``; checkpoints and the final ``task.model`` go to ``run_dir``.
 
@@ -118,8 +117,7 @@ def fit(
     the run was started with (``fingerprint_extra`` adds other inputs, e.g. the teacher's hash).
     """
     cfg.validate()
-    if check_data:
-        check_training_data(train_data, val_data)
+    check_training_data(train_data, val_data)
     run_dir = Path(run_dir)
     info = distributed.current()
     if not info.is_main:
@@ -170,7 +168,7 @@ def _fit(task: Task, train_data, cfg, run_dir, val_data, resume, progress, extra
     task.train()
     t0, seen = time.perf_counter(), 0
     bar = progress_bar(total_steps, cfg.name, progress and info.is_main, initial=global_step, unit="step")
-    sums: dict[str, float] = {}
+    params = task.trainable_parameters()
 
     def checkpoint(epoch: int) -> None:
         if info.is_main:
@@ -208,11 +206,11 @@ def _fit(task: Task, train_data, cfg, run_dir, val_data, resume, progress, extra
                     loss = out["loss"] * (len(batch) * info.world / len(rows))
                 else:
                     out = {}
-                    loss = sum(p.sum() * 0.0 for p in task.trainable_parameters())
+                    loss = sum(p.sum() * 0.0 for p in params)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.optim.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(task.trainable_parameters(), cfg.optim.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
                 optimizer.step()
                 global_step += 1
                 seen += len(rows)

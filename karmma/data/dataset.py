@@ -24,6 +24,14 @@ from karmma.modalities import ModalitySpec, check_mask
 MAX_ABS_FEATURE = 1e6
 
 
+def invalid_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``x`` (n, ...): (holds NaN/Inf, holds a value beyond ±MAX_ABS_FEATURE) — the one
+    value check, used at write time by the store writer and before training/evaluation."""
+    flat = np.asarray(x).reshape(len(x), -1)
+    finite = np.isfinite(flat)
+    return ~finite.all(1), np.abs(np.where(finite, flat, 0.0)).max(1, initial=0.0) > MAX_ABS_FEATURE
+
+
 @dataclass
 class Batch:
     ids: list[str]
@@ -119,6 +127,10 @@ class FeatureSet:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def parts(self) -> list[FeatureSet]:
+        """The feature sets this data reads (one here; student and teacher for paired data)."""
+        return [self]
+
     @property
     def modality_names(self) -> list[str]:
         return [s.name for s in self.specs]
@@ -193,8 +205,9 @@ class FeatureSet:
 def require_samples(data: FeatureSet | PairedFeatureSet, role: str) -> None:
     """Refuse an empty split: training on it would write an untrained model, metrics on it are NaN."""
     if len(data) == 0:
-        source = getattr(data, "source", None) or data.student.source
-        raise DataError(f"{source}: the {role} split has no samples; extract or point to a store with samples")
+        raise DataError(
+            f"{data.parts()[0].source}: the {role} split has no samples; extract or point to a store with samples"
+        )
 
 
 def validate_features(data: FeatureSet, role: str, chunk: int = 1024) -> None:
@@ -208,10 +221,8 @@ def validate_features(data: FeatureSet, role: str, chunk: int = 1024) -> None:
             idx = idx[data.present[idx, m]]
             if not len(idx):
                 continue
-            x = data._read(s.name, idx)
-            finite = np.isfinite(x).all(axis=(1, 2))
-            big = np.abs(np.where(np.isfinite(x), x, 0.0)).max(axis=(1, 2)) > MAX_ABS_FEATURE
-            for bad, what in ((~finite, "NaN/Inf values"), (big, f"values beyond ±{MAX_ABS_FEATURE:g}")):
+            nonfinite, big = invalid_rows(data._read(s.name, idx))
+            for bad, what in ((nonfinite, "NaN/Inf values"), (big, f"values beyond ±{MAX_ABS_FEATURE:g}")):
                 if bad.any():
                     raise DataError(
                         f"{data.source}: {role} split, modality {s.name!r} of sample(s) "
@@ -301,6 +312,9 @@ class PairedFeatureSet:
 
     def __len__(self) -> int:
         return len(self.student)
+
+    def parts(self) -> list[FeatureSet]:
+        return [self.student, self.teacher]
 
     def get_batch(self, idx: Sequence[int] | np.ndarray) -> Batch:
         batch = self.student.get_batch(idx)

@@ -25,7 +25,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from karmma.data.dataset import MAX_ABS_FEATURE, FeatureSet
+from karmma.data.dataset import MAX_ABS_FEATURE, FeatureSet, invalid_rows
 from karmma.errors import DataError
 from karmma.modalities import ModalitySpec
 
@@ -174,8 +174,8 @@ def _check_values(x: np.ndarray, path: Path, feature_set: str, name: str, rows: 
     """Refuse NaN/Inf and absurd magnitudes at write time (``x``: (n, tokens, dim) of ``rows``)."""
     if not len(x):
         return
-    flat = x.reshape(len(x), -1)
-    bad = ~np.isfinite(flat).all(1) | (np.abs(np.nan_to_num(flat, posinf=0, neginf=0)).max(1) > MAX_ABS_FEATURE)
+    nonfinite, big = invalid_rows(x)
+    bad = nonfinite | big
     if bad.any():
         raise DataError(
             f"{path}: modality {name!r} ({feature_set}) of sample(s) {[int(r) for r in np.asarray(rows)[bad][:5]]} "
@@ -295,9 +295,10 @@ class LazyH5:
     """An h5py dataset by (file, name), opened on first read in each process: a handle opened
     before a fork is never used in a DataLoader worker."""
 
-    def __init__(self, path: Path, name: str, h5: h5py.File | None = None) -> None:
+    def __init__(self, path: Path, name: str, h5: h5py.File) -> None:
+        """``h5``: the file, already open, from which shape, dtype and chunking are read."""
         self.path, self.name = Path(path), name
-        ds = (h5 or h5py.File(path, "r"))[name]
+        ds = h5[name]
         self.shape, self.dtype, self.chunks = ds.shape, ds.dtype, ds.chunks
         self._pid: int | None = None
         self._file: h5py.File | None = None
