@@ -27,6 +27,7 @@ from karmma.data.store import open_store, write_store
 from karmma.evaluate import main_metric
 from karmma.extractors.extract import SIZES, backbone_encoder, run_extract
 from karmma.runs import run_comparison
+from karmma.seeds import aggregate, format_summary, plot_means
 
 log = logging.getLogger(__name__)
 
@@ -50,77 +51,6 @@ def split_validation(train: Path, out_dir: Path, val_subject: int) -> tuple[Path
     write_store(val, {k: v.subset(np.flatnonzero(is_val)) for k, v in sets.items()})
     write_store(fit, {k: v.subset(np.flatnonzero(~is_val)) for k, v in sets.items()})
     return fit, val
-
-
-def mean_std(values: list[float]) -> dict:
-    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": [float(v) for v in values]}
-
-
-def aggregate(per_seed: list[dict], metric: str) -> dict:
-    """Mean/std over seeds per model, subset and dropout rate, and the paired student - baseline-md."""
-    first = per_seed[0]["models"]
-    out: dict = {"models": {}}
-    for name, r in first.items():
-        out["models"][name] = {
-            part: {key: mean_std([s["models"][name][part][key][metric] for s in per_seed]) for key in r[part]}
-            for part in ("subsets", "sensor_dropout")
-        }
-    if {"student", "baseline-md"} <= set(first):
-        paired: dict = {}
-        for part in ("subsets", "sensor_dropout"):
-            rows = {}
-            for key in first["student"][part]:
-                d = [s["models"]["student"][part][key][metric] - s["models"]["baseline-md"][part][key][metric]
-                     for s in per_seed]  # fmt: skip
-                rows[key] = mean_std(d)
-            paired[part] = {"rows": rows, "student_wins": sum(v["mean"] > 0 for v in rows.values()), "of": len(rows)}
-        subsets = list(first["student"]["subsets"])
-        paired["mean_over_subsets"] = mean_std(
-            [
-                np.mean(
-                    [
-                        s["models"]["student"]["subsets"][k][metric] - s["models"]["baseline-md"]["subsets"][k][metric]
-                        for k in subsets
-                    ]
-                )
-                for s in per_seed
-            ]  # fmt: skip
-        )
-        out["student_minus_baseline_md"] = paired
-    return out
-
-
-def format_summary(summary: dict, metric: str) -> str:
-    models = list(summary["models"])
-    lines = []
-    for part, title in (("subsets", "subset"), ("sensor_dropout", "sensor dropout")):
-        keys = list(summary["models"][models[0]][part])
-        lines += [f"| {title} ({metric}, mean ± std over seeds) | " + " | ".join(models) + " |",
-                  "|---|" + "---:|" * len(models)]  # fmt: skip
-        for k in keys:
-            label = f"{float(k) * 100:.0f}%" if part == "sensor_dropout" else k
-            cells = [f"{summary['models'][m][part][k]['mean']:.1f} ± {summary['models'][m][part][k]['std']:.1f}"
-                     for m in models]  # fmt: skip
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        lines.append("")
-    paired = summary.get("student_minus_baseline_md")
-    if paired:
-        lines += ["| student − baseline-md | subsets | sensor dropout |", "|---|---:|---:|"]
-        lines.append(f"| cells where the student wins | {paired['subsets']['student_wins']}/{paired['subsets']['of']} "
-                     f"| {paired['sensor_dropout']['student_wins']}/{paired['sensor_dropout']['of']} |")  # fmt: skip
-        m = paired["mean_over_subsets"]
-        lines.append(f"| mean over subsets | {m['mean']:+.1f} ± {m['std']:.1f} | |")
-    return "\n".join(lines)
-
-
-def _plots(summary: dict, metric: str, out: Path) -> None:
-    """The paper-style plots of the means over seeds (``sensor_dropout.png``, ``subsets.png``)."""
-    from karmma.plots import plot_sensor_dropout, plot_subsets
-
-    means = {"models": {name: {part: {k: {metric: v["mean"]} for k, v in r[part].items()} for part in r}
-                        for name, r in summary["models"].items()}}  # fmt: skip
-    plot_sensor_dropout(means, metric, out / "sensor_dropout.png")
-    plot_subsets(means, metric, out / "subsets.png")
 
 
 def run_utd_mhad_benchmark(
@@ -171,7 +101,7 @@ def run_utd_mhad_benchmark(
         f"total {time.perf_counter() - t0:.0f} s",
     ])  # fmt: skip
     (out / "report.md").write_text(md + "\n")
-    _plots(summary, metric, out)
+    plot_means(summary, metric, out)
     full = {"protocol": {"val_subject": val_subject, "seeds": list(seeds), "metric": metric, "test_clips": n_test},
             "summary": summary, "per_seed": per_seed, "cost": cost,
             "seconds": {"extraction": t_extract, "training_and_evaluation": t_train}}  # fmt: skip

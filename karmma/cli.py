@@ -35,10 +35,10 @@ def _config(args: argparse.Namespace):
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from karmma.demo import run_demo
-    from karmma.evaluate import format_dropout_table, format_table, main_metric
 
     t0 = time.perf_counter()
-    print("karmma demo: teacher -> student -> baselines -> evaluation on the embedded synthetic data")
+    seeds = args.seeds
+    print(f"karmma demo: teacher -> student -> baselines -> evaluation on the embedded synthetic data, seeds {seeds}")
     res = run_demo(
         args.out,
         epochs=args.epochs,
@@ -46,17 +46,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         progress=_progress(args),
         resume=not args.no_resume,
+        seeds=seeds,
     )
-    metric = main_metric(res.tasks)
     print()
-    print(format_table(res.results, metric))
-    print()
-    print(format_dropout_table(res.results, metric))
+    print(res.markdown)
     print()
     for k, p in res.paths.items():
         print(f"{k:12s} {p}")
     print(f"done in {time.perf_counter() - t0:.0f} s")
     return 0
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: give comma-separated integers, e.g. 0,1,2") from None
+    return seeds
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -108,7 +114,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from karmma.evaluate import format_dropout_table, format_table, main_metric, write_results
     from karmma.runs import run_evaluate
 
-    results, tasks = run_evaluate(_named(args.models, args.names), args.val, args.seed, args.repeats, _progress(args))
+    results, tasks = run_evaluate(_named(args.models, args.names), args.val, args.seed, args.repeats, _progress(args),
+                                  device=args.device, precision=args.precision, compile=args.compile,
+                                  split=args.split)  # fmt: skip
+    print(f"split: {results['split']}")
     paths = write_results(results, args.out, tasks)
     metric = main_metric(tasks)
     print(format_table(results, metric))
@@ -179,16 +188,27 @@ def cmd_extract(args: argparse.Namespace) -> int:
         on_error=args.on_error,
         limit=args.limit,
         workers=args.workers,
+        dtype=args.dtype,
     )
     print(f"feature store: {path}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from karmma.sweep import parse_grid, run_sweep
+
+    report = run_sweep(args.config, parse_grid(args.grid), args.out, teacher=args.teacher, seeds=args.seeds,
+                       overrides=args.set, split=args.split, repeats=args.repeats, progress=_progress(args),
+                       resume=not args.no_resume)  # fmt: skip
+    print(report["markdown"])
+    print(f"\nsweep: {Path(args.out) / 'sweep.md'}")
     return 0
 
 
 def cmd_utd(args: argparse.Namespace) -> int:
     from karmma.benchmark import run_utd_mhad_benchmark
 
-    seeds = tuple(int(x) for x in args.seeds.split(","))
-    report = run_utd_mhad_benchmark(args.root, args.out, seeds=seeds, epochs=args.epochs, progress=_progress(args),
+    report = run_utd_mhad_benchmark(args.root, args.out, seeds=args.seeds, epochs=args.epochs, progress=_progress(args),
                                     limit=args.limit, repeats=args.repeats, val_subject=args.val_subject,
                                     overrides=args.set)  # fmt: skip
     print(report["markdown"])
@@ -235,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="runs/demo")
     sp.add_argument("--epochs", type=int, default=None, help="override the presets' epochs")
     sp.add_argument("--repeats", type=int, default=3, help="sensor-dropout repeats per rate")
+    sp.add_argument("--seeds", type=_seeds, default=(0, 1, 2), help="training seeds, e.g. 0,1,2; mean ± std over them")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     sp.add_argument("--no-resume", action="store_true", help="start over even if runs exist")
     sp.add_argument("--no-progress", action="store_true")
@@ -261,6 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="runs/eval")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--repeats", type=int, default=3)
+    sp.add_argument(
+        "--split",
+        default="val",
+        choices=["val", "test"],
+        help="val: where choices are made; test: the final report, read once (ignored with --val)",
+    )
+    sp.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    sp.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast (for GPUs)")
+    sp.add_argument("--compile", action="store_true", help="torch.compile the models' forward")
     sp.set_defaults(func=cmd_evaluate)
 
     sp = sub.add_parser("cost", help="params, FLOPs, memory, latency per modality subset")
@@ -312,14 +342,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--limit", type=int, default=None, help="only the first N clips (smoke tests)")
     sp.add_argument("--workers", type=int, default=1)
+    sp.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float16"],
+        help="feature storage; float16 halves disk and I/O",
+    )
     sp.add_argument("--no-resume", action="store_true")
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_extract)
 
+    sp = sub.add_parser("sweep", help="a grid of config values over seeds, ranked on the validation split")
+    sp.add_argument("--config", required=True, help="preset name or YAML file")
+    sp.add_argument("--teacher", help="distil from this teacher run (else train with cross-entropy)")
+    sp.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="repeat for a grid")
+    sp.add_argument("--seeds", type=_seeds, default=(0,), help="training seeds, e.g. 0,1,2")
+    sp.add_argument("--split", default="val", choices=["val", "test"], help="val: choose; test: report an ablation")
+    sp.add_argument("--repeats", type=int, default=1, help="sensor-dropout repeats per rate")
+    sp.add_argument("--out", default="runs/sweep")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    sp.add_argument("--no-resume", action="store_true")
+    sp.add_argument("--no-progress", action="store_true")
+    sp.set_defaults(func=cmd_sweep)
+
     sp = sub.add_parser("utd-mhad", help="the UTD-MHAD benchmark: teacher, student, baselines over seeds, cost")
     sp.add_argument("--root", default="../shared/data/utd_mhad")
     sp.add_argument("--out", default="runs/utd_mhad")
-    sp.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (mean ± std over them)")
+    sp.add_argument("--seeds", type=_seeds, default=(0, 1, 2), help="training seeds, e.g. 0,1,2 (mean ± std over them)")
     sp.add_argument("--epochs", type=int, default=None)
     sp.add_argument("--limit", type=int, default=None, help="only the first N clips per split (smoke tests)")
     sp.add_argument("--val-subject", type=int, default=7, help="the training subject held out for validation")

@@ -114,8 +114,16 @@ class OptimConfig:
     warmup_steps: int = 50  # paper-unknown default
     grad_clip: float = 1.0  # paper-unknown default
     label_smoothing: float = 0.0
+    # Which weights the run keeps as its model: "last" (the final epoch's) or "best" (the epoch
+    # with the best validation accuracy — early stopping, chosen on the validation split).
+    select: str = "last"
+    patience: int = 0  # with a validation split: stop after this many epochs without improvement (0: never)
 
     def validate(self) -> None:
+        if self.select not in ("last", "best"):
+            raise ConfigError(f"optim.select={self.select!r}; choose 'last' or 'best' (best validation accuracy)")
+        if self.patience < 0:
+            raise ConfigError(f"optim.patience={self.patience} must be >= 0 (0: never stop early)")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("optim.epochs and optim.batch_size must be >= 1")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -137,7 +145,13 @@ class DistillConfig:
     alpha: float = 0.5  # paper-unknown default
     temperature: float = 4.0  # paper-unknown default
     cache_teacher_logits: bool = False  # cache the frozen teacher's logits for every subset
+    # In memory (float32) up to this size; beyond it, float16 in the run folder, read per step.
+    cache_memory_mb: float = 1024.0
     task: str = "logit_kd"  # the objective (karmma.tasks.TASKS): logit_kd (the paper's) or feature_kd
+    # Whose logits on the training samples: "teacher" (the given teacher's, as in the paper) or
+    # "out_of_fold" (teachers retrained without each fold, by data.group_pattern; karmma.out_of_fold).
+    teacher_logits: str = "teacher"
+    folds: int = 3  # out_of_fold only
     beta: float = 1.0  # feature_kd only: weight of the feature-matching term (beyond the paper)
 
     def validate(self) -> None:
@@ -145,6 +159,14 @@ class DistillConfig:
 
         if self.task not in TASKS or self.task == "classification":
             raise ConfigError(f"distill.task={self.task!r}; choose a distillation task: logit_kd, feature_kd, ...")
+        if self.teacher_logits not in ("teacher", "out_of_fold"):
+            raise ConfigError(f"distill.teacher_logits={self.teacher_logits!r}; choose 'teacher' or 'out_of_fold'")
+        if self.teacher_logits == "out_of_fold" and (self.folds < 2 or not self.cache_teacher_logits):
+            raise ConfigError(
+                "distill.teacher_logits=out_of_fold needs distill.folds >= 2 and cache_teacher_logits=true"
+            )
+        if not self.cache_memory_mb >= 0:
+            raise ConfigError(f"distill.cache_memory_mb={self.cache_memory_mb} must be >= 0 (0: always on disk)")
         if not (math.isfinite(self.beta) and self.beta >= 0):
             raise ConfigError(f"distill.beta={self.beta} must be a finite number >= 0")
         if not 0.0 <= self.alpha <= 1.0:
@@ -159,9 +181,11 @@ class SyntheticConfig:
 
     num_train: int = 3000
     num_val: int = 1000
+    num_test: int = 1000  # the test split: read only for the final report
     num_verbs: int = 8
     num_nouns: int = 12
     absent_rate: float = 0.1  # fraction of training samples with one genuinely absent modality
+    student_noise: float = 1.05  # the student's (small) extractor noise, relative to the teacher's
     seed: int = 0
 
 
@@ -172,13 +196,29 @@ class DataConfig:
     kind: str = "synthetic"  # "synthetic" | "store"
     train: str | None = None  # feature store of the training split (kind=store)
     val: str | None = None  # feature store of the validation split (kind=store)
+    test: str | None = None  # feature store of the test split: read only for the final report
+    # Without data.val: hold out this fraction of the training store as the validation split, by
+    # whole groups (karmma.data.splits) named in the sample ids by group_pattern's first group.
+    val_fraction: float = 0.0
+    group_pattern: str = ""  # e.g. "^(P\\d+)_" (EPIC-100 participants); empty: each sample alone
     feature_set: str = "teacher"  # which extractor's features to read ("teacher" | "student")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     num_workers: int = 0  # DataLoader worker processes reading training batches ahead (0: in the loop)
+    # Chunk-aware shuffling (karmma.data.order): permute storage chunks, then samples within windows
+    # of this many chunks, so that reads from disk stay sequential (0: a uniform permutation).
+    shuffle_chunks: int = 16
 
     def validate(self) -> None:
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction={self.val_fraction} must be in [0, 1)")
+        try:
+            re.compile(self.group_pattern)
+        except re.error as e:
+            raise ConfigError(f"data.group_pattern={self.group_pattern!r} is not a regular expression ({e})") from None
+        if self.shuffle_chunks < 0:
+            raise ConfigError(f"data.shuffle_chunks={self.shuffle_chunks} must be >= 0 (0: a uniform permutation)")
         if self.kind not in ("synthetic", "store"):
             raise ConfigError(f"data.kind={self.kind!r}; choose 'synthetic' or 'store'")
         if self.kind == "store" and not self.train:
@@ -200,6 +240,8 @@ class ExperimentConfig:
     checkpoint_every: int = 0  # also checkpoint every N steps (0: at epoch ends only)
     checkpoint_epochs: int = 1  # checkpoint at the end of every N-th epoch (and always of the last)
     keep_checkpoints: int = 2
+    precision: str = "fp32"  # "bf16": bfloat16 autocast for the forward pass (karmma.precision; a GPU option)
+    compile: bool = False  # torch.compile the model's forward (karmma.precision)
 
     def validate(self) -> ExperimentConfig:
         for part in (self.data, self.model, self.modality_dropout, self.optim, self.distill):
@@ -208,6 +250,8 @@ class ExperimentConfig:
             raise ConfigError("checkpoint_every must be >= 0, checkpoint_epochs and keep_checkpoints >= 1")
         if not DEVICE_RE.fullmatch(self.device):
             raise ConfigError(f"device={self.device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision={self.precision!r}; choose 'fp32' or 'bf16'")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from karmma.modalities import subset_masks, subset_name
+from karmma.tasks.teacher_logits import TeacherLogits
 
 log = logging.getLogger(__name__)
 
@@ -18,24 +19,31 @@ MEMORISED_ACCURACY = 98.0  # % of training samples the teacher gets right ...
 MEMORISED_CONFIDENCE = 0.9  # ... with at least this mean top probability at T
 
 
-def teacher_diagnostics(cache: dict[str, torch.Tensor], labels: dict[str, np.ndarray], present: np.ndarray,
-                        names: list[str], temperature: float) -> dict:  # fmt: skip
-    """From cached teacher logits ``{task: (N, 2**M - 1, C)}``: per subset, the samples that hold it,
-    the teacher's top-1 accuracy (%) and mean top probability at ``temperature``, for each task."""
+def teacher_diagnostics(cache: TeacherLogits, labels: dict[str, np.ndarray], present: np.ndarray,
+                        names: list[str], temperature: float, block: int = 4096) -> dict:  # fmt: skip
+    """From the teacher-logit cache: per subset, the samples that hold it, the teacher's top-1
+    accuracy (%) and mean top probability at ``temperature``, for each task (read ``block`` rows
+    at a time, so that an on-disk cache stays on disk)."""
     masks = subset_masks(len(names)).numpy()
     out: dict = {"temperature": temperature, "subsets": {}}
     for j, row in enumerate(masks):
         rows = np.flatnonzero((present[:, row]).all(1))
         if not len(rows):
             continue
-        entry = {"count": int(len(rows))}
-        for task, logits in cache.items():
-            z = logits[torch.from_numpy(rows), j]
-            entry[f"{task}_accuracy"] = float((z.argmax(-1).numpy() == labels[task][rows]).mean() * 100)
-            entry[f"{task}_top_prob"] = float(torch.softmax(z / temperature, -1).max(-1).values.mean())
+        right = {t: 0 for t in cache.tasks}
+        top = {t: 0.0 for t in cache.tasks}
+        for start in range(0, len(rows), block):
+            part = rows[start : start + block]
+            for task, z in cache.column(j, part).items():
+                right[task] += int((z.argmax(-1).numpy() == labels[task][part]).sum())
+                top[task] += float(torch.softmax(z / temperature, -1).max(-1).values.sum())
+        entry: dict = {"count": int(len(rows))}
+        for task in cache.tasks:
+            entry[f"{task}_accuracy"] = right[task] / len(rows) * 100
+            entry[f"{task}_top_prob"] = top[task] / len(rows)
         out["subsets"][subset_name(tuple(n for n, keep in zip(names, row) if keep))] = entry
     full = out["subsets"].get(subset_name(tuple(names)))
-    task = next(iter(cache))
+    task = cache.tasks[0]
     out["memorised"] = bool(
         full and full[f"{task}_accuracy"] >= MEMORISED_ACCURACY and full[f"{task}_top_prob"] >= MEMORISED_CONFIDENCE
     )

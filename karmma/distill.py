@@ -15,14 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
+from karmma import distributed
 from karmma.config import ExperimentConfig
 from karmma.data.dataset import FeatureSet, PairedFeatureSet
 from karmma.diagnostics import teacher_diagnostics
 from karmma.distributed import resolve_device
 from karmma.errors import CheckpointError
 from karmma.models.karmma import KARMMA
+from karmma.out_of_fold import out_of_fold_logits
 from karmma.rundir import module_sha256
-from karmma.tasks import TASKS, cache_teacher_logits
+from karmma.tasks import TASKS, TeacherLogits, cache_teacher_logits
+from karmma.tasks.teacher_logits import FILE as TEACHER_LOGITS_FILE
+from karmma.tasks.teacher_logits import dense_bytes, open_teacher_logits
 from karmma.train import FitResult, check_training_data, fit
 
 log = logging.getLogger(__name__)
@@ -43,7 +47,10 @@ def distill(
     resume: bool = True,
     progress: bool = False,
     extra_meta: dict | None = None,
+    teacher_cfg: ExperimentConfig | None = None,
 ) -> FitResult:
+    """Distil ``teacher`` into ``student`` on ``data``; ``teacher_cfg`` (the teacher's training
+    config) is needed for ``distill.teacher_logits: out_of_fold``."""
     if teacher.tasks != student.tasks:
         raise CheckpointError(f"teacher tasks {teacher.tasks} differ from the student's {student.tasks}")
     if teacher.modality_names != student.modality_names:
@@ -54,13 +61,19 @@ def distill(
     teacher_hash = module_sha256(teacher)
     teacher.to(resolve_device(cfg.device)).eval()
     cache = None
-    if cfg.distill.cache_teacher_logits:
-        cache = cache_teacher_logits(teacher, data, progress=progress)
+    if cfg.distill.teacher_logits == "out_of_fold":
+        if teacher_cfg is None:
+            raise CheckpointError("distill.teacher_logits=out_of_fold needs the teacher's training config")
+        cache = out_of_fold_logits(teacher_cfg, data, cfg.distill.folds, cfg.data.group_pattern, Path(run_dir) / "oof",
+                                   cfg.seed, progress)  # fmt: skip
+        seen, seen_cache = data, cache
+    elif cfg.distill.cache_teacher_logits:
+        cache = _teacher_logits(teacher, data, cfg, Path(run_dir), teacher_hash, progress)
         seen, seen_cache = data, cache
     else:  # diagnostics from a strided sample, so that memory stays bounded
         rows = np.unique(np.linspace(0, len(data) - 1, min(len(data), DIAGNOSTIC_SAMPLES)).astype(np.int64))
         seen = PairedFeatureSet(data.student.subset(rows), data.teacher.subset(rows))
-        seen_cache = cache_teacher_logits(teacher, seen)
+        seen_cache = cache_teacher_logits(teacher, seen, memory_mb=float("inf"))
     diagnostics = teacher_diagnostics(seen_cache, seen.student.labels, seen.present, seen.student.modality_names,
                                       cfg.distill.temperature)  # fmt: skip
     task = TASKS.get(cfg.distill.task).from_config(student, teacher, cfg, cache)
@@ -73,7 +86,25 @@ def distill(
         resume=resume,
         progress=progress,
         extra_meta={"stage": "distill", **(extra_meta or {})},
-        fingerprint_extra={"teacher weights": teacher_hash},
+        fingerprint_extra={"teacher weights": teacher_hash, "teacher logits": cfg.distill.teacher_logits},
     )
     result.diagnostics = diagnostics
+    if cache is not None:
+        cache.close()
     return result
+
+
+def _teacher_logits(teacher: KARMMA, data: PairedFeatureSet, cfg: ExperimentConfig, run_dir: Path, teacher_hash: str,
+                    progress: bool) -> TeacherLogits:  # fmt: skip
+    """The cache, in memory within ``distill.cache_memory_mb``, else on disk in the run folder
+    (written by rank 0 and read by every rank)."""
+    path = run_dir / TEACHER_LOGITS_FILE
+    info = distributed.current()
+    kwargs = {"memory_mb": cfg.distill.cache_memory_mb, "path": path, "teacher_hash": teacher_hash}
+    in_memory = dense_bytes(len(data), len(data.specs), teacher.tasks) <= cfg.distill.cache_memory_mb * 2**20
+    if in_memory or not info.enabled:
+        return cache_teacher_logits(teacher, data, progress=progress, **kwargs)  # each rank its own, in memory
+    cache = cache_teacher_logits(teacher, data, progress=progress, **kwargs) if info.is_main else None
+    distributed.barrier()  # rank 0 has written the file; the others read it
+    cache = cache or open_teacher_logits(path, list(teacher.tasks))
+    return cache

@@ -22,6 +22,7 @@ from karmma.data.dataset import FeatureSet
 from karmma.metrics import AccuracyMeter
 from karmma.modalities import all_subsets, subset_mask, subset_name
 from karmma.modality_dropout import sensor_dropout_masks
+from karmma.precision import autocast
 from karmma.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,15 @@ MaskFn = Callable[[torch.Tensor, np.ndarray], torch.Tensor]
 
 @torch.no_grad()
 def run_masked_many(
-    model: torch.nn.Module, data: FeatureSet, mask_fns: dict[str, MaskFn], batch_size: int = 256
+    model: torch.nn.Module,
+    data: FeatureSet,
+    mask_fns: dict[str, MaskFn],
+    batch_size: int = 256,
+    precision: str = "fp32",
 ) -> dict[str, dict[str, float]]:
     """Accuracy of ``model`` under each mask variant ``mask_fns[key](present, rows)``, reading the
-    split once: every variant runs on each batch while it is in memory."""
+    split once: every variant runs on each batch while it is in memory (on the model's device,
+    under ``precision``'s autocast)."""
     model.eval()
     device = next(model.parameters()).device
     meters = {key: AccuracyMeter(list(data.tasks)) for key in mask_fns}
@@ -44,20 +50,23 @@ def run_masked_many(
     for start in range(0, len(data), batch_size):
         rows = np.arange(start, min(len(data), start + batch_size))
         batch = data.get_batch(rows)
-        present, full = batch.present, batch.to(device)
+        present, full = batch.present, batch.to(device, non_blocking=True)
         for key, fn in mask_fns.items():
             mask = fn(present, rows) & present
             ok = mask.any(1)
             skipped[key] += int((~ok).sum())
             b = full if ok.all() else full.select(ok.to(device))
             if len(b):
-                meters[key].update(model(b.tokens, mask[ok].to(device)), b.labels)
+                with autocast(device, precision):
+                    logits = model(b.tokens, mask[ok].to(device))
+                meters[key].update({k: v.float() for k, v in logits.items()}, b.labels)
     return {key: {**meters[key].compute(), "skipped": float(skipped[key])} for key in mask_fns}
 
 
-def run_masked(model: torch.nn.Module, data: FeatureSet, mask_fn: MaskFn, batch_size: int = 256) -> dict[str, float]:
+def run_masked(model: torch.nn.Module, data: FeatureSet, mask_fn: MaskFn, batch_size: int = 256,
+               precision: str = "fp32") -> dict[str, float]:  # fmt: skip
     """Accuracy of ``model`` with each batch's mask replaced by ``mask_fn(present, rows)``."""
-    return run_masked_many(model, data, {"": mask_fn}, batch_size)[""]
+    return run_masked_many(model, data, {"": mask_fn}, batch_size, precision)[""]
 
 
 def subset_mask_fns(names: list[str], subsets: Sequence[tuple[str, ...]] | None = None) -> dict[str, MaskFn]:
@@ -119,15 +128,16 @@ def evaluate_models(
     repeats: int = 3,
     rates: Sequence[float] = DROPOUT_RATES,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> dict:
-    """Evaluate several models (each on its own feature set ``data[name]``), one read of each split
-    per model for every subset and every sensor-dropout rate and repeat."""
+    """Evaluate several models (each on its own feature set ``data[name]``, on its device), one
+    read of each split per model for every subset and every sensor-dropout rate and repeat."""
     results: dict = {"seed": seed, "repeats": repeats, "models": {}}
     bar = progress_bar(len(models), "evaluate", progress, unit="model")
     for name, model in models.items():
         subsets = subset_mask_fns(data[name].modality_names)
         drops = dropout_mask_fns(data[name], rates, seed, repeats)
-        runs = run_masked_many(model, data[name], {**subsets, **drops})
+        runs = run_masked_many(model, data[name], {**subsets, **drops}, precision=precision)
         results["models"][name] = {
             "subsets": {k: runs[k] for k in subsets},
             "sensor_dropout": _dropout_summary({k: runs[k] for k in drops}, rates, repeats),

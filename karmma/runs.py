@@ -13,9 +13,12 @@ from karmma.config import DataConfig, ExperimentConfig, from_dict, load_config
 from karmma.data.dataset import FeatureSet, check_fits, feature_stats, require_samples, validate_features
 from karmma.data.sources import load_paired, load_split
 from karmma.distill import distill
+from karmma.distributed import resolve_device
 from karmma.errors import DataError
 from karmma.evaluate import evaluate_models
 from karmma.models.karmma import KARMMA
+from karmma.out_of_fold import teacher_config
+from karmma.precision import compile_model
 from karmma.presets import preset_path
 from karmma.tasks import ClassificationTask
 from karmma.train import FitResult, fit, seed_everything
@@ -28,7 +31,7 @@ def _meta_extra(cfg: ExperimentConfig, stage: str) -> dict:
 
 
 def _val(cfg: ExperimentConfig) -> FeatureSet | None:
-    if cfg.data.kind == "store" and not cfg.data.val:
+    if cfg.data.kind == "store" and not cfg.data.val and not cfg.data.val_fraction:
         return None
     return load_split(cfg.data, "val")
 
@@ -70,21 +73,25 @@ def run_distill(
         resume=resume,
         progress=progress,
         extra_meta={**_meta_extra(cfg, "distill"), "teacher": str(teacher_path)},
+        teacher_cfg=teacher_config(teacher_path) if cfg.distill.teacher_logits == "out_of_fold" else None,
     )
 
 
-def load_eval_data(meta: dict, val_store: str | None = None) -> FeatureSet:
-    """The validation split a model was trained for (or ``val_store``), in its feature set."""
+def load_eval_data(meta: dict, val_store: str | None = None, split: str = "val") -> FeatureSet:
+    """The split (``val`` or ``test``) of the data a model was trained on — or the store
+    ``val_store`` — in the model's feature set."""
     feature_set = meta.get("feature_set", "teacher")
     if val_store:
-        data_cfg = DataConfig(kind="store", train=val_store, val=val_store, feature_set=feature_set)
+        data_cfg = DataConfig(kind="store", train=val_store, val=val_store, test=val_store, feature_set=feature_set)
     elif "data" in meta:
         data_cfg = from_dict(DataConfig, meta["data"], "model.json:data")
     else:
         raise DataError("this model records no data; pass --val PATH (a feature store)")
-    if data_cfg.kind == "store" and not data_cfg.val:
+    if data_cfg.kind == "store" and not val_store and split == "test" and not data_cfg.test:
+        raise DataError("this model was trained without a test store (data.test); pass --val PATH (a feature store)")
+    if data_cfg.kind == "store" and not val_store and split == "val" and not (data_cfg.val or data_cfg.val_fraction):
         raise DataError("this model was trained without a validation store; pass --val PATH (a feature store)")
-    data = load_split(data_cfg, "val", feature_set)
+    data = load_split(data_cfg, split, feature_set)
     require_samples(data, "evaluation")
     validate_features(data, "evaluation")
     return data
@@ -96,16 +103,25 @@ def run_evaluate(
     seed: int = 0,
     repeats: int = 3,
     progress: bool = False,
+    device: str = "cpu",
+    precision: str = "fp32",
+    compile: bool = False,
+    split: str = "val",
 ) -> tuple[dict, list[str]]:
+    """Every model on every modality subset and sensor-dropout rate, on ``split`` of its own data
+    (``val``: where choices are made; ``test``: the final report) or on the store ``val_store``.
+    The results name the split they report (``results["split"]``)."""
     models: dict[str, torch.nn.Module] = {}
     data: dict[str, FeatureSet] = {}
     for name, path in model_paths.items():
         model, meta = load_model(path)
-        models[name] = model.eval()
-        data[name] = load_eval_data(meta, val_store)
+        models[name] = compile_model(model.to(resolve_device(device)).eval(), compile)
+        data[name] = load_eval_data(meta, val_store, split)
         check_fits(model.specs, model.tasks, meta.get("class_names", {}), data[name], f"model {name} ({path})")
     tasks = list(next(iter(models.values())).tasks)
-    return evaluate_models(models, data, seed=seed, repeats=repeats, progress=progress), tasks
+    results = evaluate_models(models, data, seed=seed, repeats=repeats, progress=progress, precision=precision)
+    results["split"] = f"{split} ({val_store})" if val_store else split
+    return results, tasks
 
 
 COMPARISON = ("teacher", "student", "baseline-ce", "baseline-md")
@@ -120,6 +136,7 @@ def run_comparison(
     progress: bool = False,
     resume: bool = True,
     eval_store: str | Path | None = None,
+    eval_split: str = "val",
 ) -> tuple[dict, list[str], dict[str, Path]]:
     """Train and evaluate the four models of the paper's comparison, in ``out_dir/<name>``:
 
@@ -129,7 +146,8 @@ def run_comparison(
     * ``baseline-md``: the student architecture with CE + modality dropout + missing tokens (no KD).
 
     ``overrides`` (``key=value``) apply to every config. The models are evaluated on
-    ``eval_store`` (e.g. the test split, read once at the end) or else on their validation split.
+    ``eval_store`` (e.g. the test split, read once at the end) or else on ``eval_split`` of their
+    own data (``val``, or ``test`` for the final report).
     Returns (results, tasks, run folders).
     """
     out = Path(out_dir)
@@ -150,5 +168,6 @@ def run_comparison(
     )
     run_train(student("name=baseline-md"), dirs["baseline-md"], resume=resume, progress=progress)
     eval_at = str(eval_store) if eval_store else None
-    results, tasks = run_evaluate(dirs, eval_at, seed=teacher_cfg.seed, repeats=repeats, progress=progress)
+    results, tasks = run_evaluate(dirs, eval_at, seed=teacher_cfg.seed, repeats=repeats, progress=progress,
+                                  split="test" if eval_at else eval_split)  # fmt: skip
     return results, tasks, dirs

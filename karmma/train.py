@@ -22,6 +22,7 @@ import torch
 from karmma import distributed
 from karmma.checkpoint import (
     latest_checkpoint,
+    load_model,
     load_task_extra,
     load_training_checkpoint,
     model_metadata,
@@ -32,10 +33,12 @@ from karmma.checkpoint import (
 from karmma.config import ExperimentConfig
 from karmma.data.dataset import FeatureSet, check_fits, require_samples, validate_features
 from karmma.data.loader import batch_loader
-from karmma.errors import Interrupted
-from karmma.evaluate import run_masked
+from karmma.data.order import epoch_order
+from karmma.errors import ConfigError, Interrupted
+from karmma.evaluate import main_metric, run_masked
 from karmma.faults import fault_point
 from karmma.modality_dropout import apply_modality_dropout
+from karmma.precision import autocast, compile_model
 from karmma.progress import progress_bar
 from karmma.rundir import RunLock, check_resume, fingerprint, start_fresh
 from karmma.tasks.base import Task
@@ -78,10 +81,10 @@ def make_optimizer(task: Task, cfg: ExperimentConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=(0.9, 0.999))
 
 
-def quick_eval(model: torch.nn.Module, data: FeatureSet, batch_size: int = 256) -> dict[str, float]:
+def quick_eval(model: torch.nn.Module, data: FeatureSet, batch_size: int = 256, precision: str = "fp32") -> dict:
     """Accuracy with every available modality (used for per-epoch validation)."""
     was_training = model.training
-    out = run_masked(model, data, lambda present, rows: present, batch_size)
+    out = run_masked(model, data, lambda present, rows: present, batch_size, precision)
     model.train(was_training)
     return out
 
@@ -132,6 +135,19 @@ def fit(
         return _fit(task, train_data, cfg, run_dir, val_data, resume, progress, extra_meta)
 
 
+BEST = "best"  # the best validation epoch's model, inside the run folder
+
+
+def _track_best(history: list[dict], metric: str, model, meta: dict, run_dir: Path, patience: int) -> bool:
+    """Save the model as ``best`` when this epoch's validation accuracy is the best so far; return
+    whether ``patience`` epochs have passed without improvement (early stopping)."""
+    scores = [h.get(f"val_{metric}", float("-inf")) for h in history]
+    best = int(np.argmax(scores))
+    if best == len(scores) - 1:
+        save_model(run_dir / BEST, model, {**meta, "epoch": history[-1]["epoch"], f"val_{metric}": scores[-1]})
+    return bool(patience) and len(scores) - 1 - best >= patience
+
+
 def _fit(task: Task, train_data, cfg, run_dir, val_data, resume, progress, extra_meta) -> FitResult:
     info = distributed.current()
     distributed.barrier()  # rank 0 has checked (or cleared) the run folder
@@ -143,6 +159,7 @@ def _fit(task: Task, train_data, cfg, run_dir, val_data, resume, progress, extra
     total_steps = steps_per_epoch * cfg.optim.epochs
     device = distributed.resolve_device(cfg.device)
     task.to(device)
+    compile_model(model, cfg.compile)
     optimizer = make_optimizer(task, cfg)
     meta = model_metadata(model, train_data.class_names, **(extra_meta or {}))
     history: list[dict[str, Any]] = []
@@ -163,6 +180,9 @@ def _fit(task: Task, train_data, cfg, run_dir, val_data, resume, progress, extra
             )
         log.info("resumed from %s at step %d/%d", latest, global_step, total_steps)
     pin = device.type == "cuda"
+    metric = main_metric(list(model.tasks))
+    if info.enabled and cfg.optim.patience:
+        raise ConfigError("optim.patience (early stopping) is not supported with torchrun yet; set it to 0")
     if info.enabled:
         task.prepare_distributed([device] if device.type == "cuda" else None)
     task.train()
@@ -186,7 +206,8 @@ def _fit(task: Task, train_data, cfg, run_dir, val_data, resume, progress, extra
 
     try:
         for epoch in range(global_step // steps_per_epoch, cfg.optim.epochs):
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(cfg.seed, -1 - epoch))).numpy()
+            gen = torch.Generator().manual_seed(step_seed(cfg.seed, -1 - epoch))
+            order = epoch_order(n, gen, train_data.parts()[0].chunk_rows, cfg.data.shuffle_chunks)
             sums, steps = {}, 0
             first = global_step - epoch * steps_per_epoch
             step_rows = [order[s * bs : (s + 1) * bs] for s in range(first, steps_per_epoch)]
@@ -201,7 +222,8 @@ def _fit(task: Task, train_data, cfg, run_dir, val_data, resume, progress, extra
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(global_step, total_steps, cfg.optim.lr, cfg.optim.warmup_steps)
                 if len(batch):
-                    out = task(batch, mask)
+                    with autocast(device, cfg.precision):
+                        out = task(batch, mask)
                     # Scaled so that DDP's mean over ranks equals the mean over the global batch.
                     loss = out["loss"] * (len(batch) * info.world / len(rows))
                 else:
@@ -227,10 +249,12 @@ def _fit(task: Task, train_data, cfg, run_dir, val_data, resume, progress, extra
             record: dict[str, Any] = {"epoch": epoch + 1, "step": global_step}
             record.update({k: v / max(steps, 1) for k, v in sums.items()})
             if val_data is not None and info.is_main:
-                record.update(
-                    {f"val_{k}": v for k, v in quick_eval(model, val_data).items() if k not in ("count", "skipped")}
-                )
+                val = quick_eval(model, val_data, precision=cfg.precision)
+                record.update({f"val_{k}": v for k, v in val.items() if k not in ("count", "skipped")})
             history.append(record)
+            stop = False
+            if val_data is not None and info.is_main and (cfg.optim.select == "best" or cfg.optim.patience):
+                stop = _track_best(history, metric, model, meta, run_dir, cfg.optim.patience)
             if progress and info.is_main:
                 progress_log.info(
                     "%s epoch %d/%d: %s",
@@ -240,8 +264,11 @@ def _fit(task: Task, train_data, cfg, run_dir, val_data, resume, progress, extra
                     ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k not in ("epoch", "step")),
                 )
             log.info("epoch %d: %s", epoch + 1, record)
-            if (epoch + 1) % cfg.checkpoint_epochs == 0 or epoch + 1 == cfg.optim.epochs:
+            if stop or (epoch + 1) % cfg.checkpoint_epochs == 0 or epoch + 1 == cfg.optim.epochs:
                 checkpoint(epoch + 1)
+            if stop:
+                log.info("early stop after epoch %d: no validation gain for %d epochs", epoch + 1, cfg.optim.patience)
+                break
     except KeyboardInterrupt:
         bar.close()
         last = latest_checkpoint(run_dir)
@@ -257,6 +284,9 @@ def _fit(task: Task, train_data, cfg, run_dir, val_data, resume, progress, extra
     bar.close()
     seconds = time.perf_counter() - t0
     if info.is_main:
+        if cfg.optim.select == "best" and (run_dir / BEST).is_dir():
+            model.load_state_dict(load_model(run_dir / BEST)[0].state_dict())
+            log.info("kept the weights of the best validation epoch (%s)", run_dir / BEST)
         save_model(run_dir / "final", model, meta)
         write_json_atomic(run_dir / "history.json", history)
     distributed.barrier()

@@ -8,17 +8,25 @@ from karmma.cli import main
 @pytest.mark.slow
 def test_demo_end_to_end_tiny(tmp_path, capsys):
     args = ["demo", "--out", str(tmp_path / "demo"), "--epochs", "1", "--repeats", "1", "--no-progress",
-            "--set", "data.synthetic.num_train=200", "--set", "data.synthetic.num_val=60"]  # fmt: skip
+            "--seeds", "0,1", "--set", "data.synthetic.num_train=200", "--set", "data.synthetic.num_val=60",
+            "--set", "data.synthetic.num_test=50"]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr().out
     for name in ("teacher", "student", "baseline-ce", "baseline-md"):
         assert name in out
-    assert "| rgb+flow+audio |" in out and "| 90% |" in out
-    results = json.loads((tmp_path / "demo" / "eval" / "results.json").read_text())
-    assert len(results["models"]["student"]["subsets"]) == 7
-    assert (tmp_path / "demo" / "eval" / "sensor_dropout.png").stat().st_size > 1000
+    assert "| rgb+flow+audio |" in out and "| 90% |" in out and "student − baseline-md" in out
+    assert "synthetic test split (50 samples" in out and "seeds [0, 1]" in out
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["split"] == "test" and summary["seeds"] == [0, 1]
+    cell = summary["summary"]["models"]["student"]["subsets"]["rgb"]
+    assert len(cell["values"]) == 2 and cell["mean"] == pytest.approx(sum(cell["values"]) / 2)
+    paired = summary["summary"]["student_minus_baseline_md"]
+    assert paired["subsets"]["of"] == 7 and paired["sensor_dropout"]["of"] == 10
+    per_seed = json.loads((tmp_path / "demo" / "seed1" / "eval" / "results.json").read_text())
+    assert per_seed["split"] == "test" and per_seed["models"]["student"]["subsets"]["rgb"]["count"] == 50
+    assert (tmp_path / "demo" / "sensor_dropout.png").stat().st_size > 1000
+    runs = [str(tmp_path / "demo" / "seed0" / k) for k in ("teacher", "student")]
     # evaluate + cost on the demo's runs, through the CLI
-    runs = [str(tmp_path / "demo" / k) for k in ("teacher", "student")]
     assert (
         main(
             [

@@ -132,7 +132,7 @@ def test_cached_teacher_logits_equal_live_teacher(tmp_path):
 
     col = subset_index(mask)
     for k in live:
-        assert torch.allclose(cache[k][b.index, col], live[k], atol=1e-5)
+        assert torch.allclose(cache.lookup(b.index, col)[k], live[k], atol=1e-5)
 
 
 def test_cached_and_live_distillation_agree(tmp_path):

@@ -29,7 +29,8 @@ def invalid_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     value check, used at write time by the store writer and before training/evaluation."""
     flat = np.asarray(x).reshape(len(x), -1)
     finite = np.isfinite(flat)
-    return ~finite.all(1), np.abs(np.where(finite, flat, 0.0)).max(1, initial=0.0) > MAX_ABS_FEATURE
+    largest = np.abs(np.where(finite, flat, 0.0)).max(1, initial=0.0).astype(np.float64)  # float16: no overflow
+    return ~finite.all(1), largest > MAX_ABS_FEATURE
 
 
 @dataclass
@@ -86,6 +87,7 @@ class FeatureSet:
     class_names: dict[str, list[str]] = field(default_factory=dict)
     source: str = "<memory>"
     values_checked: bool = False  # validate_features() has passed on this set (in this process)
+    chunk_rows: int | None = None  # samples per storage chunk of the store it comes from (None: no store)
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -135,13 +137,17 @@ class FeatureSet:
     def modality_names(self) -> list[str]:
         return [s.name for s in self.specs]
 
-    def _read(self, name: str, idx: np.ndarray) -> np.ndarray:
+    def _read(self, name: str, idx: np.ndarray, keep_dtype: bool = False) -> np.ndarray:
+        """Rows ``idx`` of a modality, as a new array (float32, or the stored dtype if ``keep_dtype``):
+        one read of the sorted unique rows, a slice when they are contiguous."""
         arr = self.features[name]
         order = np.argsort(idx, kind="stable")
         sorted_idx = idx[order]
         uniq, inverse = np.unique(sorted_idx, return_inverse=True)
+        contiguous = len(uniq) > 0 and uniq[-1] - uniq[0] + 1 == len(uniq)
+        key = slice(int(uniq[0]), int(uniq[-1]) + 1) if contiguous else uniq
         try:
-            data = np.asarray(arr[uniq], dtype=np.float32)
+            data = arr[key]
         except (OSError, KeyError, ValueError, RuntimeError) as e:  # h5py: corrupt chunks
             bad = self._unreadable(arr, uniq)
             raise DataError(
@@ -149,9 +155,12 @@ class FeatureSet:
                 f"{[self.ids[i] for i in bad[:5]]} ({e}); the file is corrupt (checksum or format) "
                 "— re-extract it"
             ) from e
-        out = np.empty((len(idx), *data.shape[1:]), dtype=np.float32)
-        out[order] = data[inverse]
-        return out
+        dtype = data.dtype if keep_dtype else np.dtype(np.float32)
+        if not (len(uniq) == len(idx) and (order == np.arange(len(idx))).all()):
+            data = data[inverse[np.argsort(order)]]  # back to the asked order: one gather, a new array
+        elif isinstance(arr, np.ndarray) and data.dtype == dtype:
+            data = data.copy()  # a slice of an in-memory array is a view: callers may write into theirs
+        return data.astype(dtype, copy=False)
 
     def _unreadable(self, arr: object, idx: np.ndarray) -> list[int]:
         """The rows of ``idx`` whose storage chunk cannot be read (to name them in an error)."""
@@ -186,12 +195,14 @@ class FeatureSet:
             index=torch.from_numpy(idx),
         )
 
-    def subset(self, idx: Sequence[int] | np.ndarray) -> FeatureSet:
-        """An in-memory copy of samples ``idx``."""
+    def rows(self, idx: Sequence[int] | np.ndarray) -> FeatureSet:
+        """Samples ``idx``: still read lazily when the features are on disk, else an in-memory copy."""
         idx = np.sort(np.asarray(idx, dtype=np.int64))
+        if all(isinstance(a, np.ndarray) for a in self.features.values()):
+            return self.subset(idx)
         return FeatureSet(
             specs=self.specs,
-            features={s.name: self._read(s.name, idx) for s in self.specs},
+            features={k: RowView(v, idx) for k, v in self.features.items()},
             present=self.present[idx],
             labels={t: v[idx] for t, v in self.labels.items()},
             ids=[self.ids[i] for i in idx],
@@ -200,6 +211,34 @@ class FeatureSet:
             source=self.source,
             values_checked=self.values_checked,
         )
+
+    def subset(self, idx: Sequence[int] | np.ndarray) -> FeatureSet:
+        """An in-memory copy of samples ``idx``."""
+        idx = np.sort(np.asarray(idx, dtype=np.int64))
+        return FeatureSet(
+            specs=self.specs,
+            features={s.name: self._read(s.name, idx, keep_dtype=True) for s in self.specs},
+            present=self.present[idx],
+            labels={t: v[idx] for t, v in self.labels.items()},
+            ids=[self.ids[i] for i in idx],
+            tasks=self.tasks,
+            class_names=self.class_names,
+            source=self.source,
+            values_checked=self.values_checked,
+            chunk_rows=self.chunk_rows if len(idx) == len(self) else None,
+        )
+
+
+class RowView:
+    """Rows ``rows`` (sorted) of an array-like, indexable like it (a lazy subset of a store)."""
+
+    def __init__(self, ds, rows: np.ndarray) -> None:
+        self.ds, self.rows = ds, rows
+        self.shape = (len(rows), *ds.shape[1:])
+        self.dtype = getattr(ds, "dtype", None)
+
+    def __getitem__(self, idx) -> np.ndarray:
+        return self.ds[self.rows[idx]]
 
 
 def require_samples(data: FeatureSet | PairedFeatureSet, role: str) -> None:

@@ -28,7 +28,6 @@ _MODALITIES = [
     ("audio", 4, (32, 16), 0.6, 0.6, 1.3),
 ]
 _LATENT = 16
-_STUDENT_NOISE = 1.05  # the small extractor is a little noisier (and narrower)
 
 
 def specs(feature_set: str = "teacher") -> list[ModalitySpec]:
@@ -67,7 +66,7 @@ def generate(cfg: SyntheticConfig | None = None) -> dict[str, dict[str, FeatureS
             {fs: rng.normal(size=(_LATENT, d)) / np.sqrt(_LATENT) for fs, d in zip(("teacher", "student"), dims)},
         )
     out: dict[str, dict[str, FeatureSet]] = {}
-    for split, n in (("train", cfg.num_train), ("val", cfg.num_val)):
+    for split, n in (("train", cfg.num_train), ("val", cfg.num_val), ("test", cfg.num_test)):
         action = rng.integers(len(pairs), size=n)
         verb = np.array([pairs[a][0] for a in action])
         noun = np.array([pairs[a][1] for a in action])
@@ -82,7 +81,7 @@ def generate(cfg: SyntheticConfig | None = None) -> dict[str, dict[str, FeatureS
             gain = rng.uniform(0.7, 1.3, size=(n, 1, 1))
             latent = gain * (wv * pv[verb] + wn * pn[noun]) + 0.5 * rng.normal(size=(n, n_tok, _LATENT))
             for fs in ("teacher", "student"):
-                scale = noise * (_STUDENT_NOISE if fs == "student" else 1.0)
+                scale = noise * (cfg.student_noise if fs == "student" else 1.0)
                 x = latent @ proj[fs] + scale * rng.normal(size=(n, n_tok, proj[fs].shape[1]))
                 x[~present[:, m]] = 0.0
                 sets[fs][name] = x.astype(np.float32)

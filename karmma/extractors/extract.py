@@ -119,6 +119,7 @@ def run_extract(
     on_error: str = "raise",
     limit: int | None = None,
     workers: int = 1,
+    dtype: str = "float32",
 ) -> Path:
     root = Path(root)
     reader = get_reader(dataset)
@@ -140,7 +141,7 @@ def run_extract(
         raise DataError(f"unknown encoder family {encoder!r}; choose one of {ENCODER_FAMILIES}")
     extra = {**reader.extra, "encoder": encoder}
     writer = FeatureStoreWriter(out, ids, labels, tasks, encoder_specs(encoders, modalities), class_names,
-                                extra=extra, resume=resume)  # fmt: skip
+                                extra=extra, resume=resume, dtype=dtype)  # fmt: skip
     try:
         todo = [i for i, d in enumerate(writer.done) if not d]
         job = functools.partial(_job, reader=reader, modalities=modalities, on_error=on_error, encoders=encoders)
@@ -148,15 +149,13 @@ def run_extract(
         pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
         results = pool.imap(job, [refs[i] for i in todo], chunksize=4) if pool else map(job, [refs[i] for i in todo])
         try:
-            for n, (i, (feats, present)) in enumerate(zip(todo, results)):
+            for i, (feats, present) in zip(todo, results):
                 if not any(present):
                     raise DataError(
                         f"clip {ids[i]} of {root}: no modality could be read; remove it from the split or fix its files"
                     )
-                writer.write(i, feats, present)
+                writer.write(i, feats, present)  # buffered: written a storage chunk at a time
                 bar.update(1)
-                if n % 50 == 49:
-                    writer.flush()
         finally:
             if pool:
                 pool.terminate()

@@ -8,8 +8,9 @@ teacher, cfg, cache)``; register your own with ``@TASKS.register("name")``.
 from karmma.registry import Registry
 from karmma.tasks.base import FrozenTeacherMixin, Task
 from karmma.tasks.classification import ClassificationTask
-from karmma.tasks.distillation import LogitDistillationTask, cache_teacher_logits
+from karmma.tasks.distillation import LogitDistillationTask
 from karmma.tasks.feature_distillation import FeatureDistillationTask
+from karmma.tasks.teacher_logits import TeacherLogits, cache_teacher_logits
 
 TASKS = Registry("training task")
 TASKS.register("classification")(ClassificationTask)
@@ -23,5 +24,6 @@ __all__ = [
     "FrozenTeacherMixin",
     "LogitDistillationTask",
     "Task",
+    "TeacherLogits",
     "cache_teacher_logits",
 ]
