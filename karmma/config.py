@@ -186,6 +186,7 @@ class SyntheticConfig:
     num_nouns: int = 12
     absent_rate: float = 0.1  # fraction of training samples with one genuinely absent modality
     student_noise: float = 1.05  # the student's (small) extractor noise, relative to the teacher's
+    label_noise: float = 0.0  # fraction of training labels replaced by a random action (annotation noise)
     seed: int = 0
 
 

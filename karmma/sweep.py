@@ -92,7 +92,9 @@ def run_sweep(
         d90 = f"{r['dropout_90']:.1f}" if r["dropout_90"] is not None else "-"
         lines.append(f"| {r['setting']} | {r['subset_mean']:.1f} ± {r['subset_mean_std']:.1f} | "
                      f"{r['all_modalities']:.1f} | {d90} |")  # fmt: skip
-    md = "\n".join([*lines, "", f"best on {split}: {ranked[0]['setting']}", "", format_summary(summary, metric)])
+    verdict = (f"best on {split}: {ranked[0]['setting']}" if split == "val" else
+               f"highest on {split}: {ranked[0]['setting']} (an ablation report: choose on val)")  # fmt: skip
+    md = "\n".join([*lines, "", verdict, "", format_summary(summary, metric)])
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.md").write_text(md + "\n")
     report = {"config": str(config), "grid": grid, "seeds": list(seeds), "split": split, "metric": metric,
@@ -105,6 +107,7 @@ def run_sweep(
 def _plot(summary: dict, metric: str, path: Path) -> None:
     from karmma.plots import plot_subsets
 
-    means = {"models": {re.sub(r"^.*\.", "", n): {"subsets": {k: {metric: v["mean"]} for k, v in r["subsets"].items()}}
+    short = {n: re.sub(r"(^|, )[\w.]*\.(\w+=)", r"\1\2", n) for n in summary["models"]}  # p=0.25, not the key path
+    means = {"models": {short[n]: {"subsets": {k: {metric: v["mean"]} for k, v in r["subsets"].items()}}
                         for n, r in summary["models"].items()}}  # fmt: skip
     plot_subsets(means, metric, path)

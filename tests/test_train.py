@@ -220,7 +220,18 @@ def test_distill_prints_what_the_teacher_passes_on_and_warns_when_it_memorised(t
     assert main(["train", "--config", "demo_teacher", "--run-dir", str(tmp_path / "t"), "--set", "optim.epochs=1",
                  *small]) == 0  # fmt: skip
     capsys.readouterr()
-    args = ["distill", "--config", "demo_student", "--teacher", str(tmp_path / "t"), "--set", "optim.epochs=1", *small]
+    args = [
+        "distill",
+        "--config",
+        "demo_student",
+        "--teacher",
+        str(tmp_path / "t"),
+        "--set",
+        "optim.epochs=1",
+        "--set",
+        "distill.temperature=2",
+        *small,
+    ]
     assert main([*args, "--run-dir", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out
     assert "| teacher on the distillation data (T=2) |" in out

@@ -200,24 +200,18 @@ class FeatureSet:
         idx = np.sort(np.asarray(idx, dtype=np.int64))
         if all(isinstance(a, np.ndarray) for a in self.features.values()):
             return self.subset(idx)
-        return FeatureSet(
-            specs=self.specs,
-            features={k: RowView(v, idx) for k, v in self.features.items()},
-            present=self.present[idx],
-            labels={t: v[idx] for t, v in self.labels.items()},
-            ids=[self.ids[i] for i in idx],
-            tasks=self.tasks,
-            class_names=self.class_names,
-            source=self.source,
-            values_checked=self.values_checked,
-        )
+        return self._taking(idx, {k: RowView(v, idx) for k, v in self.features.items()})
 
     def subset(self, idx: Sequence[int] | np.ndarray) -> FeatureSet:
-        """An in-memory copy of samples ``idx``."""
+        """An in-memory copy of samples ``idx`` (features in their stored dtype)."""
         idx = np.sort(np.asarray(idx, dtype=np.int64))
+        features = {s.name: self._read(s.name, idx, keep_dtype=True) for s in self.specs}
+        return self._taking(idx, features, self.chunk_rows if len(idx) == len(self) else None)
+
+    def _taking(self, idx: np.ndarray, features: dict, chunk_rows: int | None = None) -> FeatureSet:
         return FeatureSet(
             specs=self.specs,
-            features={s.name: self._read(s.name, idx, keep_dtype=True) for s in self.specs},
+            features=features,
             present=self.present[idx],
             labels={t: v[idx] for t, v in self.labels.items()},
             ids=[self.ids[i] for i in idx],
@@ -225,7 +219,7 @@ class FeatureSet:
             class_names=self.class_names,
             source=self.source,
             values_checked=self.values_checked,
-            chunk_rows=self.chunk_rows if len(idx) == len(self) else None,
+            chunk_rows=chunk_rows,
         )
 
 

@@ -68,18 +68,24 @@ def generate(cfg: SyntheticConfig | None = None) -> dict[str, dict[str, FeatureS
     out: dict[str, dict[str, FeatureSet]] = {}
     for split, n in (("train", cfg.num_train), ("val", cfg.num_val), ("test", cfg.num_test)):
         action = rng.integers(len(pairs), size=n)
-        verb = np.array([pairs[a][0] for a in action])
-        noun = np.array([pairs[a][1] for a in action])
+        true_action = action
+        if split == "train" and cfg.label_noise > 0:  # annotation noise: the features follow the true action
+            flip = rng.random(n) < cfg.label_noise
+            action = np.where(flip, rng.integers(len(pairs), size=n), action)
         present = np.ones((n, len(_MODALITIES)), dtype=bool)
         if split == "train" and cfg.absent_rate > 0:
             rows = np.flatnonzero(rng.random(n) < cfg.absent_rate)
             present[rows, rng.integers(len(_MODALITIES), size=len(rows))] = False
+        true_verb = np.array([pairs[a][0] for a in true_action])
+        true_noun = np.array([pairs[a][1] for a in true_action])
+        verb = np.array([pairs[a][0] for a in action])
+        noun = np.array([pairs[a][1] for a in action])
         sets: dict[str, dict[str, np.ndarray]] = {"teacher": {}, "student": {}}
         for m, (name, n_tok, _, wv, wn, noise) in enumerate(_MODALITIES):
             pv, pn, proj = protos[name]
             # Per-sample nuisance: a random gain and a latent noise shared by both extractors.
             gain = rng.uniform(0.7, 1.3, size=(n, 1, 1))
-            latent = gain * (wv * pv[verb] + wn * pn[noun]) + 0.5 * rng.normal(size=(n, n_tok, _LATENT))
+            latent = gain * (wv * pv[true_verb] + wn * pn[true_noun]) + 0.5 * rng.normal(size=(n, n_tok, _LATENT))
             for fs in ("teacher", "student"):
                 scale = noise * (cfg.student_noise if fs == "student" else 1.0)
                 x = latent @ proj[fs] + scale * rng.normal(size=(n, n_tok, proj[fs].shape[1]))
