@@ -31,7 +31,15 @@ log = logging.getLogger(__name__)
 
 # Config keys that may differ on resume: where and how often to save, and ``optim.epochs``
 # (extending a finished run; its learning-rate schedule is then recomputed for the new length).
-RESUME_FREE_KEYS = ("device", "checkpoint_every", "checkpoint_epochs", "keep_checkpoints", "optim.epochs")
+RESUME_FREE_KEYS = (
+    "device",
+    "checkpoint_every",
+    "checkpoint_epochs",
+    "keep_checkpoints",
+    "optim.epochs",
+    "compile",
+    "data.num_workers",
+)
 FINGERPRINT_FILE = "fingerprint.json"
 
 
