@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from karmma.config import load_config  # noqa: E402
+from karmma.data.utd_mhad import SUBJECT_PATTERN  # noqa: E402
 from karmma.evaluate import main_metric  # noqa: E402
 from karmma.presets import preset_path  # noqa: E402
 from karmma.runs import run_distill, run_evaluate, run_train  # noqa: E402
@@ -45,7 +46,7 @@ def data_overrides(args) -> list[str]:
         return []
     f = Path(args.features)
     return [f"data.train={f / 'fit.h5'}", f"data.val={f / 'val.h5'}", f"data.test={f / 'test.h5'}",
-            "data.group_pattern=_(s\\d+)_"]  # fmt: skip
+            f"data.group_pattern={SUBJECT_PATTERN}"]  # fmt: skip
 
 
 def main() -> None:

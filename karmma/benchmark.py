@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from karmma.checkpoint import load_model
+from karmma.data.splits import sample_groups
 from karmma.data.store import open_store, write_store
+from karmma.data.utd_mhad import SUBJECT_PATTERN
 from karmma.evaluate import main_metric
 from karmma.extractors.extract import SIZES, backbone_encoder, run_extract
 from karmma.runs import run_comparison
@@ -34,10 +36,6 @@ log = logging.getLogger(__name__)
 MODALITIES = ("depth", "flow", "inertial", "skeleton")
 
 
-def _subject(sample_id: str) -> int:
-    return int(sample_id.split("_s")[1].split("_")[0])
-
-
 def split_validation(train: Path, out_dir: Path, val_subject: int) -> tuple[Path, Path]:
     """``fit.h5`` (training subjects but one) and ``val.h5`` (that subject), both feature sets."""
     fit, val = out_dir / "fit.h5", out_dir / "val.h5"
@@ -45,7 +43,7 @@ def split_validation(train: Path, out_dir: Path, val_subject: int) -> tuple[Path
         return fit, val
     sets = {fs: open_store(train, fs) for fs in SIZES}
     ids = sets["teacher"].ids
-    is_val = np.array([_subject(i) == val_subject for i in ids])
+    is_val = np.array([int(g) == val_subject for g in sample_groups(ids, SUBJECT_PATTERN)])
     if not is_val.any() or is_val.all():
         raise ValueError(f"validation subject {val_subject} must be one of the training subjects, not all of them")
     write_store(val, {k: v.subset(np.flatnonzero(is_val)) for k, v in sets.items()})

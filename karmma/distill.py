@@ -26,7 +26,7 @@ from karmma.out_of_fold import out_of_fold_logits
 from karmma.rundir import module_sha256
 from karmma.tasks import TASKS, TeacherLogits, cache_teacher_logits
 from karmma.tasks.teacher_logits import FILE as TEACHER_LOGITS_FILE
-from karmma.tasks.teacher_logits import dense_bytes, open_teacher_logits
+from karmma.tasks.teacher_logits import fits_in_memory, open_teacher_logits
 from karmma.train import FitResult, check_training_data, fit
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def _teacher_logits(teacher: KARMMA, data: PairedFeatureSet, cfg: ExperimentConf
     path = run_dir / TEACHER_LOGITS_FILE
     info = distributed.current()
     kwargs = {"memory_mb": cfg.distill.cache_memory_mb, "path": path, "teacher_hash": teacher_hash}
-    in_memory = dense_bytes(len(data), len(data.specs), teacher.tasks) <= cfg.distill.cache_memory_mb * 2**20
+    in_memory = fits_in_memory(len(data), len(data.specs), teacher.tasks, cfg.distill.cache_memory_mb)
     if in_memory or not info.enabled:
         return cache_teacher_logits(teacher, data, progress=progress, **kwargs)  # each rank its own, in memory
     cache = cache_teacher_logits(teacher, data, progress=progress, **kwargs) if info.is_main else None

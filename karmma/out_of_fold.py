@@ -22,10 +22,9 @@ import numpy as np
 import torch
 
 from karmma.config import ExperimentConfig, from_dict
-from karmma.data.dataset import PairedFeatureSet, feature_stats
-from karmma.data.splits import SPLIT_SEED, sample_groups
+from karmma.data.dataset import PairedFeatureSet
+from karmma.data.splits import shuffled_groups
 from karmma.errors import CheckpointError, DataError
-from karmma.models.karmma import KARMMA
 from karmma.tasks import ClassificationTask, TeacherLogits, cache_teacher_logits
 
 log = logging.getLogger(__name__)
@@ -45,15 +44,13 @@ def teacher_config(teacher_path: str | Path) -> ExperimentConfig:
 
 def fold_of(ids: list[str], folds: int, pattern: str, source: str) -> np.ndarray:
     """The fold of each sample: whole groups (in a fixed random order) dealt round-robin."""
-    groups = np.array(sample_groups(ids, pattern, source))
-    names = np.unique(groups)
+    groups, names = shuffled_groups(ids, pattern, source)
     if len(names) < folds:
         raise DataError(
             f"{source}: {folds} folds need at least {folds} groups, found {len(names)} "
             f"(data.group_pattern {pattern!r}); lower distill.folds or change the pattern"
         )
-    order = names[np.random.default_rng(SPLIT_SEED).permutation(len(names))]
-    fold = {g: k % folds for k, g in enumerate(order)}
+    fold = {g: k % folds for k, g in enumerate(names)}
     return np.array([fold[g] for g in groups])
 
 
@@ -68,7 +65,7 @@ def out_of_fold_logits(
 ) -> TeacherLogits:
     """The logits of every sample under every modality subset, each from a teacher trained
     without that sample's fold (in memory: meant for data sets small enough to retrain on)."""
-    from karmma.train import fit
+    from karmma.train import build_model, fit
 
     fold = fold_of(data.ids, folds, group_pattern, data.teacher.source)
     cfg = from_dict(ExperimentConfig, {**teacher_cfg.to_dict(), "seed": seed}, "teacher config")
@@ -76,9 +73,7 @@ def out_of_fold_logits(
     for k in range(folds):
         held, rest = np.flatnonzero(fold == k), np.flatnonzero(fold != k)
         train = data.teacher.rows(rest)
-        torch.manual_seed(seed)
-        model = KARMMA(train.specs, train.tasks, cfg.model)
-        model.embed.set_input_stats(*feature_stats(train))
+        model = build_model(cfg, train)
         log.info("out-of-fold teacher %d/%d: trained on %d samples, scores %d", k + 1, folds, len(rest), len(held))
         fit(ClassificationTask(model, cfg.optim.label_smoothing), train, cfg, run_dir / f"fold{k}",
             progress=progress, extra_meta={"stage": "out-of-fold teacher", "fold": k})  # fmt: skip

@@ -10,18 +10,17 @@ import torch
 
 from karmma.checkpoint import load_model
 from karmma.config import DataConfig, ExperimentConfig, from_dict, load_config
-from karmma.data.dataset import FeatureSet, check_fits, feature_stats, require_samples, validate_features
+from karmma.data.dataset import FeatureSet, check_fits, require_samples, validate_features
 from karmma.data.sources import load_paired, load_split
 from karmma.distill import distill
 from karmma.distributed import resolve_device
 from karmma.errors import DataError
 from karmma.evaluate import evaluate_models
-from karmma.models.karmma import KARMMA
 from karmma.out_of_fold import teacher_config
 from karmma.precision import compile_model
 from karmma.presets import preset_path
 from karmma.tasks import ClassificationTask
-from karmma.train import FitResult, fit, seed_everything
+from karmma.train import FitResult, build_model, fit
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +38,8 @@ def _val(cfg: ExperimentConfig) -> FeatureSet | None:
 def run_train(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = True, progress: bool = False) -> FitResult:
     """Stage 1: a teacher (or a baseline) trained with cross-entropy."""
     train = load_split(cfg.data, "train")
-    seed_everything(cfg.seed)
-    model = KARMMA(train.specs, train.tasks, cfg.model)
-    model.embed.set_input_stats(*feature_stats(train))
     return fit(
-        ClassificationTask(model, cfg.optim.label_smoothing),
+        ClassificationTask(build_model(cfg, train), cfg.optim.label_smoothing),
         train,
         cfg,
         run_dir,
@@ -60,11 +56,8 @@ def run_distill(
     """Stage 2: the student distilled from a frozen teacher checkpoint."""
     teacher, tmeta = load_model(teacher_path)
     data = load_paired(cfg.data, "train", tmeta.get("feature_set", "teacher"))
-    seed_everything(cfg.seed)
-    student = KARMMA(data.specs, data.tasks, cfg.model)
-    student.embed.set_input_stats(*feature_stats(data.student))
     return distill(
-        student,
+        build_model(cfg, data.student),
         teacher,
         data,
         cfg,

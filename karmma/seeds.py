@@ -32,18 +32,8 @@ def aggregate(per_seed: list[dict], metric: str) -> dict:
                      for s in per_seed]  # fmt: skip
                 rows[key] = mean_std(d)
             paired[part] = {"rows": rows, "student_wins": sum(v["mean"] > 0 for v in rows.values()), "of": len(rows)}
-        subsets = list(first["student"]["subsets"])
-        paired["mean_over_subsets"] = mean_std(
-            [
-                np.mean(
-                    [
-                        s["models"]["student"]["subsets"][k][metric] - s["models"]["baseline-md"]["subsets"][k][metric]
-                        for k in subsets
-                    ]
-                )
-                for s in per_seed
-            ]  # fmt: skip
-        )
+        per_subset = [v["values"] for v in paired["subsets"]["rows"].values()]  # (subsets, seeds)
+        paired["mean_over_subsets"] = mean_std(np.mean(per_subset, axis=0))
         out["student_minus_baseline_md"] = paired
     return out
 

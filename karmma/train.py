@@ -31,13 +31,14 @@ from karmma.checkpoint import (
     write_json_atomic,
 )
 from karmma.config import ExperimentConfig
-from karmma.data.dataset import FeatureSet, check_fits, require_samples, validate_features
+from karmma.data.dataset import FeatureSet, check_fits, feature_stats, require_samples, validate_features
 from karmma.data.loader import batch_loader
 from karmma.data.order import epoch_order
 from karmma.errors import ConfigError, Interrupted
 from karmma.evaluate import main_metric, run_masked
 from karmma.faults import fault_point
 from karmma.modality_dropout import apply_modality_dropout
+from karmma.models.karmma import KARMMA
 from karmma.precision import autocast, compile_model
 from karmma.progress import progress_bar
 from karmma.rundir import RunLock, check_resume, fingerprint, start_fresh
@@ -63,6 +64,15 @@ def seed_everything(seed: int) -> None:
 
 def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7919 + 17) % (2**63 - 1)
+
+
+def build_model(cfg: ExperimentConfig, train_data: FeatureSet) -> KARMMA:
+    """A new model for ``train_data`` (seeded by ``cfg.seed``), its inputs standardised by the
+    training features' statistics."""
+    seed_everything(cfg.seed)
+    model = KARMMA(train_data.specs, train_data.tasks, cfg.model)
+    model.embed.set_input_stats(*feature_stats(train_data))
+    return model
 
 
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
@@ -120,9 +130,11 @@ def fit(
     the run was started with (``fingerprint_extra`` adds other inputs, e.g. the teacher's hash).
     """
     cfg.validate()
+    info = distributed.current()
+    if info.enabled and cfg.optim.patience:
+        raise ConfigError("optim.patience (early stopping) is not supported with torchrun yet; set it to 0")
     check_training_data(train_data, val_data)
     run_dir = Path(run_dir)
-    info = distributed.current()
     if not info.is_main:
         return _fit(task, train_data, cfg, run_dir, val_data, resume, progress, extra_meta)
     with RunLock(run_dir):
@@ -181,8 +193,6 @@ def _fit(task: Task, train_data, cfg, run_dir, val_data, resume, progress, extra
         log.info("resumed from %s at step %d/%d", latest, global_step, total_steps)
     pin = device.type == "cuda"
     metric = main_metric(list(model.tasks))
-    if info.enabled and cfg.optim.patience:
-        raise ConfigError("optim.patience (early stopping) is not supported with torchrun yet; set it to 0")
     if info.enabled:
         task.prepare_distributed([device] if device.type == "cuda" else None)
     task.train()

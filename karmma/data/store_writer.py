@@ -18,7 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from karmma.data.dataset import MAX_ABS_FEATURE, FeatureSet, invalid_rows
+from karmma.data.dataset import MAX_ABS_FEATURE, FeatureSet, row_extremes
 from karmma.errors import DataError
 from karmma.modalities import ModalitySpec
 
@@ -79,6 +79,7 @@ class FeatureStoreWriter:
         n = len(ids)
         if n == 0:
             raise DataError(f"{self.path}: no samples to write; a feature store needs at least one sample")
+        self._n = n
         self._pending: dict[int, tuple[dict, np.ndarray]] = {}  # sample -> (features, present), one chunk
         if resume and self.path.exists():
             self.h5 = h5py.File(self.path, "r+")
@@ -164,7 +165,7 @@ class FeatureStoreWriter:
         if self._pending and next(iter(self._pending)) // self._chunk != i // self._chunk:
             self.flush()
         self._pending[i] = (row, present)
-        if len(self._pending) == self._chunk or i + 1 == len(self.h5["done"]):
+        if len(self._pending) == self._chunk or i + 1 == self._n:
             self._write_pending()
 
     def _write_pending(self) -> None:
@@ -219,8 +220,8 @@ def _check_values(x: np.ndarray, path: Path, feature_set: str, name: str, rows: 
     """Refuse NaN/Inf and absurd magnitudes at write time (``x``: (n, tokens, dim) of ``rows``)."""
     if not len(x):
         return
-    nonfinite, big = invalid_rows(x)
-    bad = nonfinite | big
+    nonfinite, largest = row_extremes(x)  # one pass serves both checks below
+    bad = nonfinite | (largest > MAX_ABS_FEATURE)
     if bad.any():
         raise DataError(
             f"{path}: modality {name!r} ({feature_set}) of sample(s) {[int(r) for r in np.asarray(rows)[bad][:5]]} "
@@ -228,7 +229,7 @@ def _check_values(x: np.ndarray, path: Path, feature_set: str, name: str, rows: 
             "modality as absent"
         )
     if np.dtype(dtype) == np.float16:
-        over = np.abs(np.asarray(x, dtype=np.float32)).reshape(len(x), -1).max(1) > FLOAT16_MAX
+        over = largest > FLOAT16_MAX
         if over.any():
             which = [int(r) for r in np.asarray(rows)[over][:5]]
             raise DataError(

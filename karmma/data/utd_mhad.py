@@ -39,6 +39,7 @@ JOINTS = [
 ]  # fmt: skip
 HIP_CENTER = JOINTS.index("hip_center")
 FOLDERS = {"depth": ("Depth", "d_depth"), "inertial": ("Inertial", "d_iner"), "skeleton": ("Skeleton", "d_skel")}
+SUBJECT_PATTERN = r"_s(\d+)_"  # the subject in a clip id (a{action}_s{subject}_t{trial}): data.group_pattern
 _NAME = re.compile(r"^a(\d+)_s(\d+)_t(\d+)_(depth|inertial|skeleton)\.mat$")
 
 

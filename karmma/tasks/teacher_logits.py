@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 import torch
 
+from karmma.data.store import read_sorted_rows
 from karmma.modalities import subset_masks
 
 log = logging.getLogger(__name__)
@@ -35,11 +36,17 @@ def dense_bytes(n: int, num_modalities: int, tasks: dict[str, int]) -> int:
     return n * (2**num_modalities - 1) * sum(tasks.values()) * 4
 
 
+def fits_in_memory(n: int, num_modalities: int, tasks: dict[str, int], memory_mb: float) -> bool:
+    """Whether the dense float32 cache of ``n`` samples is held in memory (else on disk, float16)."""
+    return dense_bytes(n, num_modalities, tasks) <= memory_mb * 2**20
+
+
 def resident_bytes(n: int, num_modalities: int, tasks: dict[str, int], memory_mb: float = 1024) -> int:
     """Bytes the cache keeps in memory for ``n`` samples: the dense float32 array if it fits in
     ``memory_mb``, else the on-disk cache's chunk caches."""
-    dense = dense_bytes(n, num_modalities, tasks)
-    return dense if dense <= memory_mb * 2**20 else len(tasks) * CACHE_BYTES
+    if fits_in_memory(n, num_modalities, tasks, memory_mb):
+        return dense_bytes(n, num_modalities, tasks)
+    return len(tasks) * CACHE_BYTES
 
 
 class TeacherLogits:
@@ -58,13 +65,8 @@ class TeacherLogits:
         arr = self.arrays[task]
         if not self.on_disk:
             return arr[col, torch.from_numpy(rows)]
-        chunk = arr.chunks[1]
         out = np.empty((len(rows), arr.shape[2]), dtype=np.float32)
-        k = 0
-        for group in np.split(rows, np.flatnonzero(np.diff(rows // chunk)) + 1):  # one slice per chunk
-            out[k : k + len(group)] = arr[col, int(group[0]) : int(group[-1]) + 1][group - group[0]]
-            k += len(group)
-        return torch.from_numpy(out)
+        return torch.from_numpy(read_sorted_rows(lambda a, b: arr[col, a:b], rows, arr.chunks[1], out))
 
     def lookup(self, index: torch.Tensor, col: torch.Tensor) -> dict[str, torch.Tensor]:
         """The logits of sample ``index[i]`` under subset ``col[i]``, for each task: ``(B, C)``."""
@@ -142,7 +144,7 @@ def cache_teacher_logits(
     masks = subset_masks(m)  # (2**M - 1, M), row j = subset code j + 1
     dense = dense_bytes(n, m, teacher.tasks)
     h5, start = None, 0
-    if dense <= memory_mb * 2**20:
+    if fits_in_memory(n, m, teacher.tasks, memory_mb):
         arrays = {t: torch.zeros(len(masks), n, c) for t, c in teacher.tasks.items()}
     else:
         if path is None:
