@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from karmma.cli_epic import add_epic_commands
 from karmma.cli_experiments import add_experiment_commands
 from karmma.errors import Interrupted, KarmmaError
 
@@ -86,6 +87,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                   device=args.device, precision=args.precision, compile=args.compile,
                                   split=args.split)  # fmt: skip
     print(f"split: {results['split']}")
+    if args.epic:
+        from karmma.cli_epic import epic_metrics_section
+
+        results["epic"] = epic_metrics_section(args, _named(args.models, args.names), args.split)
     paths = write_results(results, args.out, tasks)
     metric = main_metric(tasks)
     print(format_table(results, metric))
@@ -128,8 +133,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from karmma.predict import load_predictor, read_sample
 
+    if bool(args.input) == bool(args.clip):
+        raise KarmmaError("give one of --input (a features file) or --clip (a video or a folder of frames)")
     predictor = load_predictor(args.model)
-    sample = read_sample(args.input, only=args.modalities)
+    if args.clip:
+        from karmma.predict import clip_sample, parse_only
+
+        sample = clip_sample(predictor, args.clip, parse_only(args.modalities, predictor))
+    else:
+        sample = read_sample(args.input, only=args.modalities)
     out = predictor.predict(sample, topk=args.topk)
     print(f"modalities used: {', '.join(out['present']) or '-'}   (absent: {', '.join(out['absent']) or '-'})")
     for task, rows in out["topk"].items():
@@ -157,8 +169,18 @@ def cmd_extract(args: argparse.Namespace) -> int:
         limit=args.limit,
         workers=args.workers,
         dtype=args.dtype,
+        options={"annotations": args.annotations, "labels": args.labels, "boxes": args.boxes},
     )
     print(f"feature store: {path}")
+    summary = Path(str(path) + ".summary.json")
+    if summary.is_file():
+        info = json.loads(summary.read_text())
+        for m, reasons in info["absent"].items():
+            why = "; ".join(f"{k}: {v['count']}" for k, v in reasons.items())
+            print(f"  {m} absent for {sum(v['count'] for v in reasons.values())} of {info['samples']} ({why})")
+        if info["not_written"]:
+            print(f"  {len(info['not_written'])} sample(s) had no readable modality and were not written "
+                  f"(e.g. {', '.join(info['not_written'][:3])}); listed in {summary}")  # fmt: skip
     return 0
 
 
@@ -199,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     add_experiment_commands(sub)
+    add_epic_commands(sub)
 
     sp = sub.add_parser("train", help="stage 1: train a teacher (or baseline) with cross-entropy")
     common(sp)
@@ -230,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     sp.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast (for GPUs)")
     sp.add_argument("--compile", action="store_true", help="torch.compile the models' forward")
+    sp.add_argument(
+        "--epic", metavar="ANNOTATIONS_DIR", help="also the official EPIC-100 metrics (tail/unseen lists from there)"
+    )
     sp.set_defaults(func=cmd_evaluate)
 
     sp = sub.add_parser("cost", help="params, FLOPs, memory, latency per modality subset")
@@ -248,9 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("predict", help="predict one sample from whatever modalities it has")
     sp.add_argument("model", help="an .onnx file or a checkpoint/run folder")
-    sp.add_argument(
-        "--input", required=True, help=".npz/.safetensors with one (num_tokens, dim) array per available modality"
-    )
+    sp.add_argument("--input", help=".npz/.safetensors with one (num_tokens, dim) array per available modality")
+    sp.add_argument("--clip", help="a raw clip: a video (MP4/WebM, audio track optional) or a folder of frames, "
+                    "extracted with the model's own extractors")  # fmt: skip
     sp.add_argument("--modalities", help="use only these (e.g. rgb+audio)")
     sp.add_argument("--topk", type=_positive_int, default=5, help="how many classes to show per task (>= 1)")
     sp.add_argument("--json", help="also write the prediction as JSON here")
@@ -260,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "dataset",
         choices=reader_names(),
-        help="a registered dataset reader: utd_mhad (the .mat release), video (a folder of clips + labels.csv), ...",
+        help="a registered dataset reader: utd_mhad (the .mat release), video (a folder of clips + labels.csv), "
+        "epic100 (the official download layout), ssv2 (webm videos + Something-Else boxes)",
     )
     sp.add_argument("--root", required=True)
     sp.add_argument("--out", required=True, help="the .h5 feature store to write")
@@ -273,11 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
         "signals for trainable encoders; cnn: your own encoders (--weights)",
     )
     sp.add_argument("--weights", help="folder of pretrained encoder weights (safetensors), for --encoder cnn")
+    sp.add_argument("--annotations", help="epic100: EPIC_100_{train,validation}.csv; ssv2: the train/validation JSON")
+    sp.add_argument("--labels", help="ssv2: something-something-v2-labels.json")
+    sp.add_argument("--boxes", help="ssv2: Something-Else box JSON (a file or a folder of them)")
     sp.add_argument(
         "--on-error",
-        default="raise",
+        default=None,
         choices=["raise", "absent"],
-        help="a corrupt media file: stop, or record the modality absent",
+        help="a corrupt media file: stop, or record the modality absent (default: raise; epic100/ssv2: absent)",
     )
     sp.add_argument("--limit", type=int, default=None, help="only the first N clips (smoke tests)")
     sp.add_argument("--workers", type=int, default=1)

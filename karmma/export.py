@@ -59,7 +59,8 @@ def export_onnx(model: KARMMA, meta: dict, path: str | Path, opset: int = 17) ->
                 dynamic_axes=dynamic, opset_version=opset, dynamo=False,
             )  # fmt: skip
         proto = onnx.load(str(tmp))
-        keep = {k: meta[k] for k in ("specs", "tasks", "class_names", "model", "feature_set", "name") if k in meta}
+        names = ("specs", "tasks", "class_names", "model", "feature_set", "name", "extractor")
+        keep = {k: meta[k] for k in names if k in meta}
         onnx.helper.set_model_props(proto, {"karmma": json.dumps(keep)})
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))

@@ -1,6 +1,8 @@
 """``karmma predict``: one sample, whatever modalities the device has, from an ONNX file or a
 checkpoint. The sample is an ``.npz`` or ``.safetensors`` file with one ``(num_tokens, dim)``
-array per available modality; a modality not in the file is absent."""
+array per available modality (a modality not in the file is absent) — or a raw clip
+(:func:`clip_sample`: a video with or without an audio track, or a folder of frames), decoded and
+run through the same frozen extractors that made the model's training features."""
 
 from __future__ import annotations
 
@@ -52,9 +54,11 @@ def read_sample(path: str | Path, only: str | None = None) -> dict[str, np.ndarr
 
 class Predictor:
     def __init__(
-        self, specs: list[ModalitySpec], tasks: dict[str, int], class_names: dict[str, list[str]], run
-    ) -> None:
+        self, specs: list[ModalitySpec], tasks: dict[str, int], class_names: dict[str, list[str]], run,
+        extractor: dict | None = None,
+    ) -> None:  # fmt: skip
         self.specs, self.tasks, self.class_names, self._run = specs, tasks, class_names, run
+        self.extractor = extractor or {}  # {"reader", "encoder", "feature_set"}: how its features were made
 
     def predict(self, sample: dict[str, np.ndarray], topk: int = 5, source: str = "sample") -> dict:
         if topk < 1:
@@ -92,7 +96,7 @@ def load_predictor(path: str | Path) -> Predictor:
         def run(tokens, present):
             return dict(zip(tasks, sess.run(list(tasks), onnx_feed([s.name for s in specs], tokens, present))))
 
-        return Predictor(specs, tasks, meta.get("class_names", {}), run)
+        return Predictor(specs, tasks, meta.get("class_names", {}), run, meta.get("extractor"))
     model, meta = load_model(path)
     model.eval()
 
@@ -100,4 +104,32 @@ def load_predictor(path: str | Path) -> Predictor:
         with torch.no_grad():
             return model(tokens, present)
 
-    return Predictor(model.specs, model.tasks, meta.get("class_names", {}), run_torch)
+    return Predictor(model.specs, model.tasks, meta.get("class_names", {}), run_torch, meta.get("extractor"))
+
+
+def parse_only(only: str | None, predictor: Predictor) -> tuple[str, ...]:
+    names = [s.name for s in predictor.specs]
+    return tuple(parse_subset(only, names)) if only else tuple(names)
+
+
+def clip_sample(predictor: Predictor, clip: str | Path, modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """A raw clip -> ``{modality: (num_tokens, dim)}`` with the model's own extractors (its store's
+    reader and encoder family, at the size of its feature set); streams the clip lacks are absent."""
+    from karmma.data.readers import READERS, _register_shipped
+    from karmma.extractors.extract import backbone_encoder, pool_encoder
+
+    ex = predictor.extractor
+    if not ex.get("reader"):
+        raise DataError("this model records no extractor (trained on a store from an older karmma or another tool); "
+                        "extract the clip's features yourself and pass them with --input")  # fmt: skip
+    clip = Path(clip)
+    if not clip.exists():
+        raise DataError(f"clip {clip} does not exist")
+    _register_shipped()
+    reader = READERS.get(ex["reader"])
+    make = {"pool": pool_encoder, "efficientnet": backbone_encoder}.get(ex["encoder"])
+    if make is None:
+        raise DataError(f"predict --clip runs pool and efficientnet extractors; this model's are {ex['encoder']!r} "
+                        "(extract the clip's features with your encoders and pass --input)")  # fmt: skip
+    raw = reader.read_clip(clip, modalities)
+    return {m: make(reader.modalities[m], ex.get("feature_set", "teacher"))(raw[m]) for m in modalities if m in raw}

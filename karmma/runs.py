@@ -12,6 +12,7 @@ from karmma.checkpoint import load_model
 from karmma.config import DataConfig, ExperimentConfig, from_dict, load_config
 from karmma.data.dataset import FeatureSet, check_fits, require_samples, validate_features
 from karmma.data.sources import load_paired, load_split
+from karmma.data.store import store_info
 from karmma.distill import distill
 from karmma.distributed import resolve_device
 from karmma.errors import DataError
@@ -26,7 +27,13 @@ log = logging.getLogger(__name__)
 
 
 def _meta_extra(cfg: ExperimentConfig, stage: str) -> dict:
-    return {"stage": stage, "feature_set": cfg.data.feature_set, "data": dataclasses.asdict(cfg.data), "name": cfg.name}
+    meta = {"stage": stage, "feature_set": cfg.data.feature_set, "data": dataclasses.asdict(cfg.data), "name": cfg.name}
+    if cfg.data.kind == "store" and cfg.data.train:  # how the features were made: `predict --clip` redoes it
+        extra = store_info(cfg.data.train).get("extra", {})
+        if extra.get("reader"):
+            meta["extractor"] = {"reader": extra["reader"], "encoder": extra.get("encoder", "pool"),
+                                 "feature_set": cfg.data.feature_set}  # fmt: skip
+    return meta
 
 
 def _val(cfg: ExperimentConfig) -> FeatureSet | None:

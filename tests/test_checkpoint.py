@@ -61,7 +61,11 @@ def test_library_never_unpickles():
     src = Path(__file__).resolve().parents[1] / "karmma"
     for path in src.rglob("*.py"):
         text = path.read_text()
-        assert "import pickle" not in text and "pickle.load" not in text, path
+        assert "pickle.load" not in text, path  # no plain unpickling anywhere
+        if path.name == "feature_import.py":  # the one restricted unpickler (TBN pickles), tested with hostile files
+            assert "def find_class" in text and "_SAFE_GLOBALS" in text
+        else:
+            assert "import pickle" not in text, path
         for call in re.findall(r"torch\.load\([^)]*\)", text):
             assert "weights_only=True" in call, (path, call)
         assert "allow_pickle=True" not in text, path

@@ -94,6 +94,7 @@ class FeatureSet:
     source: str = "<memory>"
     values_checked: bool = False  # validate_features() has passed on this set (in this process)
     chunk_rows: int | None = None  # samples per storage chunk of the store it comes from (None: no store)
+    labelled: bool = True  # False: labels are -1 (e.g. the EPIC test split), for prediction only
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -117,7 +118,7 @@ class FeatureSet:
             if task not in self.labels:
                 raise DataError(f"{self.source}: no labels for task {task!r}")
             lab = np.asarray(self.labels[task], dtype=np.int64)
-            bad = np.flatnonzero((lab < 0) | (lab >= num))
+            bad = np.flatnonzero((lab < 0) | (lab >= num)) if self.labelled else np.flatnonzero(lab != -1)
             if len(bad):
                 raise DataError(
                     f"{self.source}: task {task!r} has unknown class id(s) {lab[bad[:5]].tolist()} at "
@@ -226,6 +227,7 @@ class FeatureSet:
             source=self.source,
             values_checked=self.values_checked,
             chunk_rows=chunk_rows,
+            labelled=self.labelled,
         )
 
 
@@ -246,6 +248,12 @@ def require_samples(data: FeatureSet | PairedFeatureSet, role: str) -> None:
     if len(data) == 0:
         raise DataError(
             f"{data.parts()[0].source}: the {role} split has no samples; extract or point to a store with samples"
+        )
+    unlabelled = [p.source for p in data.parts() if not p.labelled]
+    if unlabelled and role != "prediction":
+        raise DataError(
+            f"{unlabelled[0]}: has no labels (e.g. the EPIC-KITCHENS-100 test split); it cannot be used for {role} — "
+            "use it with `karmma submit`"
         )
 
 

@@ -148,7 +148,7 @@ def epic_metrics(
     for k in ks:
         correct[f"verb_top{k}"] = topk_hits(verb_scores, v, k)
         correct[f"noun_top{k}"] = topk_hits(noun_scores, n, k)
-        correct[f"action_top{k}"] = ((pairs[:, :k, 0] == v[:, None]) & (pairs[:, :k, 1] == n[:, None])).any(1)
+        correct[f"action_top{k}"] = (action_id(pairs[:, :k, 0], pairs[:, :k, 1]) == action_id(v, n)[:, None]).any(1)
     groups = {"overall": np.ones(len(v), bool)}
     if unseen_participants is not None:
         groups["unseen"] = np.array([s.participant_id in unseen_participants for s in segments])
@@ -169,20 +169,23 @@ def submission_json(
     narration_ids: list[str],
     verb_scores: np.ndarray,
     noun_scores: np.ndarray,
-    top_actions: int = 100,
     sls_pt: int = 0,
     sls_tl: int = 0,
     sls_td: int = 0,
 ) -> dict:
-    """The action-recognition challenge submission (format version 0.2): per segment, every verb
-    and noun score and the ``top_actions`` best "verb,noun" action scores."""
-    pairs, scores = action_scores(verb_scores, noun_scores)
+    """The action-recognition challenge submission (format version 0.2, as the official
+    ``make_action_recognition_submission`` writes it): per narration id, every verb and noun score;
+    the server scores actions from them. ``sls_*``: the supervision levels (0-5) you declare."""
+    if not (len(narration_ids) == len(verb_scores) == len(noun_scores)):
+        raise DataError(f"{len(narration_ids)} narration ids, {len(verb_scores)} verb / {len(noun_scores)} noun rows")
+    for name, level in (("sls_pt", sls_pt), ("sls_tl", sls_tl), ("sls_td", sls_td)):
+        if not 0 <= level <= 5:
+            raise DataError(f"{name}={level}: supervision levels are 0..5 (see the challenge's guidelines)")
     results = {}
     for i, nid in enumerate(narration_ids):
-        results[nid] = {
+        results[str(nid)] = {
             "verb": {str(j): float(x) for j, x in enumerate(verb_scores[i])},
             "noun": {str(j): float(x) for j, x in enumerate(noun_scores[i])},
-            "action": {f"{a},{b}": float(s) for (a, b), s in zip(pairs[i, :top_actions], scores[i, :top_actions])},
         }
     return {
         "version": "0.2",
@@ -195,6 +198,21 @@ def submission_json(
 
 
 def write_submission(path: str | Path, submission: dict) -> Path:
+    """``.zip``: the archive the challenge server takes (``test.json`` inside); else plain JSON."""
+    import zipfile
+
     path = Path(path)
-    path.write_text(json.dumps(submission))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    if path.suffix == ".zip":
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            z.writestr("test.json", json.dumps(submission))
+    else:
+        tmp.write_text(json.dumps(submission))
+    tmp.replace(path)
     return path
+
+
+def action_id(verb, noun):
+    """The official evaluation's action id: verb * 1000 + noun."""
+    return np.asarray(verb) * 1000 + np.asarray(noun)

@@ -100,7 +100,13 @@ def open_store(path: str | Path, feature_set: str = "teacher", in_memory: bool |
     keep = np.flatnonzero(done)
     if len(keep) < len(ids):
         log.warning(
-            "%s: %d of %d samples not extracted yet; using the %d done", path, len(ids) - len(keep), len(ids), len(keep)
+            "%s: %d of %d samples not written (extraction interrupted, or no readable modality: see %s.summary.json); "
+            "using the %d done",
+            path,
+            len(ids) - len(keep),
+            len(ids),
+            path.name,
+            len(keep),
         )
     all_done = len(keep) == len(ids)
     chunk = next(iter(features.values())).chunks if features else None
@@ -115,6 +121,7 @@ def open_store(path: str | Path, feature_set: str = "teacher", in_memory: bool |
         source=str(path),
         # the storage layout, kept in memory too: batches follow the same chunk-aware order either way
         chunk_rows=chunk[0] if chunk and all_done else None,
+        labelled=bool(meta.get("extra", {}).get("labelled", True)),
     )
     if in_memory:
         fs = fs.subset(np.arange(len(fs)))

@@ -1,6 +1,7 @@
 """A generic folder of clips: ``labels.csv`` with columns ``id,label`` and optional ``video`` and
 ``audio`` file names (relative to the folder). Modalities: rgb frames, optical flow on them, and
-audio (a log spectrogram) where a WAV exists. Classes are the sorted distinct labels."""
+audio (a log spectrogram) from the WAV named in ``audio`` or else the video's own audio track
+(decoded with PyAV); a clip with neither has audio absent. Classes are the sorted distinct labels."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import cv2
 import numpy as np
 import scipy.signal
 
-from karmma.data.readers import READERS, DatasetReader, Kind, SampleRef, or_absent
+from karmma.data.readers import READERS, DatasetReader, Kind, Raw, SampleRef, or_absent
 from karmma.errors import DataError
 
 FRAME_SIZE = (64, 64)
@@ -19,11 +20,16 @@ AUDIO_BINS = 32
 
 
 def audio_features(path: Path, bins: int = AUDIO_BINS) -> np.ndarray:
-    """(T, bins) log-magnitude spectrogram, mean over channels."""
+    """(T, bins) log-magnitude spectrogram of a WAV file, mean over channels."""
     from karmma.extractors.media import read_wav
 
     x, rate = read_wav(path)
-    _, _, z = scipy.signal.stft(x.mean(1), fs=rate, nperseg=512, noverlap=256)
+    return spectrogram(x.mean(1), rate, bins)
+
+
+def spectrogram(x: np.ndarray, rate: int, bins: int = AUDIO_BINS) -> np.ndarray:
+    """(T, bins) log-magnitude spectrogram of mono audio, averaged into ``bins`` bands."""
+    _, _, z = scipy.signal.stft(x, fs=rate, nperseg=512, noverlap=256)
     spec = np.log1p(np.abs(z))
     edges = np.linspace(0, spec.shape[0], bins + 1).astype(int)
     return np.stack([spec[a : max(a + 1, b)].mean(0) for a, b in zip(edges[:-1], edges[1:])], axis=1).astype(np.float32)
@@ -57,11 +63,29 @@ class VideoFolderReader(DatasetReader):
     def tasks(self, refs: list[SampleRef]) -> tuple[dict[str, int], dict[str, list[str]]]:
         return {"action": len(self.classes)}, {"action": self.classes}
 
+    @classmethod
+    def read_clip(cls, path: Path, modalities: tuple[str, ...]) -> Raw:
+        from karmma.extractors.flow import flow_with_magnitude
+        from karmma.extractors.media import AUDIO_RATE, decode_clip
+
+        frames, audio = decode_clip(path, FRAME_SIZE, 10_000)
+        raw = Raw()
+        if "rgb" in modalities:
+            raw["rgb"] = frames.astype(np.float32) / 255.0
+        if "flow" in modalities:
+            raw["flow"] = flow_with_magnitude(np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]))
+        if "audio" in modalities:
+            if audio is None:
+                raw.absent["audio"] = "no audio track"
+            else:
+                raw["audio"] = spectrogram(audio, AUDIO_RATE)
+        return raw
+
     def load(self, ref: SampleRef, modalities: tuple[str, ...], on_error: str) -> dict[str, np.ndarray]:
         from karmma.extractors.flow import flow_with_magnitude
-        from karmma.extractors.media import read_video
+        from karmma.extractors.media import AUDIO_RATE, read_audio, read_video
 
-        row, raw = ref.source, {}
+        row, raw = ref.source, Raw()
         if row.get("video") and ("rgb" in modalities or "flow" in modalities):
             frames = or_absent(
                 lambda: read_video(self.root / row["video"], size=FRAME_SIZE), on_error, f"the video of {row['id']}"
@@ -70,8 +94,15 @@ class VideoFolderReader(DatasetReader):
                 raw["rgb"] = frames.astype(np.float32) / 255.0
             if frames is not None and "flow" in modalities:
                 raw["flow"] = flow_with_magnitude(np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]))
-        if row.get("audio") and "audio" in modalities:
-            audio = or_absent(lambda: audio_features(self.root / row["audio"]), on_error, f"the audio of {row['id']}")
+        if "audio" in modalities:
+            if row.get("audio"):
+                read = lambda: audio_features(self.root / row["audio"])  # noqa: E731
+            elif row.get("video"):  # the video's own audio track; none -> absent, not an error
+                read = lambda: spectrogram(read_audio(self.root / row["video"]), AUDIO_RATE)  # noqa: E731
+            else:
+                raw.absent["audio"] = "no audio file or video"
+                return raw
+            audio = or_absent(read, on_error, f"the audio of {row['id']}", raw, "audio")
             if audio is not None:
                 raw["audio"] = audio
         return raw

@@ -10,6 +10,7 @@ modality with a warning (``on_error="absent"``): nothing is silently dropped.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import multiprocessing as mp
 from collections.abc import Callable
@@ -103,7 +104,34 @@ def _job(ref: SampleRef, reader: DatasetReader, modalities: tuple[str, ...], on_
         if m in raw:
             for size in SIZES:
                 feats[size][m] = encoders[size][m](raw[m])
-    return feats, [m in raw for m in modalities]
+    why = getattr(raw, "absent", {})
+    absent = {m: why.get(m, "not in the sample") for m in modalities if m not in raw}
+    return feats, [m in raw for m in modalities], absent
+
+
+def _summary_path(out: Path) -> Path:
+    return out.with_name(out.name + ".summary.json")
+
+
+def write_summary(out: Path, ids: list[str], modalities: tuple[str, ...], reasons: dict[str, dict[str, list[str]]],
+                  tried: list[str], unwritten: list[str]) -> dict:  # fmt: skip
+    """``<store>.summary.json``: per modality, how many samples lack it and why (with up to 20 ids
+    per reason), and the samples left out because nothing could be read. A resumed run adds to
+    the reasons of the runs before it."""
+    path = _summary_path(out)
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    absent = old.get("absent", {})
+    for m, by_reason in reasons.items():
+        for why, these in by_reason.items():
+            slot = absent.setdefault(m, {}).setdefault(why, {"count": 0, "examples": []})
+            slot["count"] += len(these)
+            slot["examples"] = (slot["examples"] + these)[:20]
+    summary = {"samples": len(ids), "modalities": list(modalities), "absent": absent,
+               "not_written": sorted(set(old.get("not_written", [])) - set(tried) | set(unwritten))}  # fmt: skip
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(path)
+    return summary
 
 
 def run_extract(
@@ -116,13 +144,18 @@ def run_extract(
     modalities: tuple[str, ...] | None = None,
     resume: bool = True,
     progress: bool = False,
-    on_error: str = "raise",
+    on_error: str | None = None,
     limit: int | None = None,
     workers: int = 1,
     dtype: str = "float32",
+    options: dict | None = None,
 ) -> Path:
-    root = Path(root)
-    reader = get_reader(dataset)
+    """Extract ``dataset`` under ``root`` into the store ``out`` (see the module docstring).
+    ``options`` go to the reader (e.g. ``annotations``); ``on_error=None`` takes the reader's
+    default. Absent modalities are counted, with their reasons, in ``<out>.summary.json``."""
+    root, out = Path(root), Path(out)
+    reader = get_reader(dataset, **(options or {}))
+    on_error = on_error or reader.on_error
     modalities = tuple(modalities or reader.default_modalities)
     unknown = [m for m in modalities if m not in reader.modalities]
     if unknown:
@@ -139,7 +172,7 @@ def run_extract(
         encoders = cnn_encoders(reader, modalities, weights)
     else:
         raise DataError(f"unknown encoder family {encoder!r}; choose one of {ENCODER_FAMILIES}")
-    extra = {**reader.extra, "encoder": encoder}
+    extra = {**reader.extra, "encoder": encoder, "reader": dataset}
     writer = FeatureStoreWriter(out, ids, labels, tasks, encoder_specs(encoders, modalities), class_names,
                                 extra=extra, resume=resume, dtype=dtype)  # fmt: skip
     try:
@@ -148,18 +181,31 @@ def run_extract(
         bar = progress_bar(len(ids), f"extract {dataset}", progress, initial=len(ids) - len(todo), unit="clip")
         pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
         results = pool.imap(job, [refs[i] for i in todo], chunksize=4) if pool else map(job, [refs[i] for i in todo])
+        reasons: dict[str, dict[str, list[str]]] = {}
+        unwritten: list[str] = []
         try:
-            for i, (feats, present) in zip(todo, results):
-                if not any(present):
-                    raise DataError(
-                        f"clip {ids[i]} of {root}: no modality could be read; remove it from the split or fix its files"
-                    )
-                writer.write(i, feats, present)  # buffered: written a storage chunk at a time
+            for i, (feats, present, why) in zip(todo, results):
+                for m, reason in why.items():
+                    reasons.setdefault(m, {}).setdefault(reason, []).append(ids[i])
                 bar.update(1)
+                if not any(present):
+                    if on_error == "raise":
+                        raise DataError(f"clip {ids[i]} of {root}: no modality could be read ({why}); "
+                                        "remove it from the split or fix its files")  # fmt: skip
+                    unwritten.append(ids[i])  # left undone: a store sample needs a modality; listed below
+                    continue
+                writer.write(i, feats, present)  # buffered: written a storage chunk at a time
         finally:
             if pool:
                 pool.terminate()
             bar.close()
+            summary = write_summary(out, ids, modalities, reasons, [ids[i] for i in todo], unwritten)
     finally:
         writer.close()
-    return Path(out)
+    for m, by_reason in summary["absent"].items():
+        log.warning("%s: %s absent for %d sample(s): %s", out, m, sum(r["count"] for r in by_reason.values()),
+                    "; ".join(f"{k} ({v['count']})" for k, v in by_reason.items()))  # fmt: skip
+    if summary["not_written"]:
+        log.warning("%s: %d sample(s) had no readable modality and were not written (listed in %s)", out,
+                    len(summary["not_written"]), _summary_path(out))  # fmt: skip
+    return out

@@ -56,11 +56,20 @@ def test_action_scores_and_metrics(tmp_path):
 
 def test_submission_json(tmp_path):
     verb, noun = np.random.default_rng(0).normal(size=(2, 97)), np.random.default_rng(1).normal(size=(2, 300))
-    sub = epic.submission_json(["a", "b"], verb, noun, top_actions=10)
+    sub = epic.submission_json(["a", "b"], verb, noun, sls_pt=1, sls_tl=2, sls_td=3)
     assert sub["version"] == "0.2" and sub["challenge"] == "action_recognition"
+    assert (sub["sls_pt"], sub["sls_tl"], sub["sls_td"]) == (1, 2, 3)
+    assert set(sub["results"]["a"]) == {"verb", "noun"}  # the official format: the server scores actions
     assert len(sub["results"]["a"]["verb"]) == 97 and len(sub["results"]["a"]["noun"]) == 300
-    assert len(sub["results"]["b"]["action"]) == 10 and all("," in k for k in sub["results"]["b"]["action"])
-    json.loads(epic.write_submission(tmp_path / "s.json", sub).read_text())
+    assert sub["results"]["b"]["noun"]["7"] == pytest.approx(noun[1, 7])
+    assert json.loads(epic.write_submission(tmp_path / "s.json", sub).read_text()) == sub
+    import zipfile
+
+    with zipfile.ZipFile(epic.write_submission(tmp_path / "s.zip", sub)) as z:
+        assert z.namelist() == ["test.json"] and json.loads(z.read("test.json")) == sub
+    with pytest.raises(DataError, match="sls_tl=7"):
+        epic.submission_json(["a", "b"], verb, noun, sls_tl=7)
+    assert epic.action_id(3, 12) == 3012  # as the official evaluation numbers actions
 
 
 def test_shipped_epic_annotations_parse():

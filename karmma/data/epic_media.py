@@ -1,0 +1,235 @@
+"""``karmma extract epic100``: EPIC-KITCHENS-100 segments from the official download layout.
+
+Under ``--root``, per participant ``PXX``, any of:
+
+* ``PXX/videos/PXX_YY.MP4`` — video and the audio track (audio needs the video file);
+* ``PXX/rgb_frames/PXX_YY/frame_%010d.jpg`` or the per-video ``PXX/rgb_frames/PXX_YY.tar``;
+* ``PXX/flow_frames/PXX_YY/{u,v}/frame_%010d.jpg`` or ``PXX/flow_frames/PXX_YY.tar``.
+
+Segments come from ``--annotations`` (``EPIC_100_train.csv``, ``EPIC_100_validation.csv`` or the
+unlabelled ``EPIC_100_test_timestamps.csv``); class names from ``EPIC_100_{verb,noun}_classes.csv``
+beside it when present. Tasks: verb (97) and noun (300); actions are scored from them as the
+official evaluation does (:func:`karmma.data.epic.action_scores`).
+
+Frame numbers (one convention, everywhere): ``start_frame``/``stop_frame`` are used as the
+1-based numbers of the frame files — frame ``f`` is ``frame_{f:010d}.jpg`` and lies at
+``(f - 1) / fps`` seconds in the video, ``fps`` being the rate the frames were extracted at (60 for
+``PXX_YY`` EPIC-55 videos, 50 for ``PXX_1YY`` extension videos, whatever the MP4's native rate).
+The annotation README calls the numbers 0-based, but every released annotation starts at 1
+(frame 0 would be clamped to 1) and the released frame files start at 1. EPIC-55 flow was extracted
+at stride 2: rgb frame ``f`` pairs with flow frame ``(f - 1) // 2 + 1``; extension flow is 1:1.
+
+Missing media never stops a run: that modality is absent for the segment, with the reason
+counted in the extraction summary. A corrupt file follows ``--on-error`` (default here: absent).
+"""
+
+from __future__ import annotations
+
+import re
+import tarfile
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from karmma.data import epic
+from karmma.data.readers import READERS, DatasetReader, Kind, Raw, SampleRef, or_absent
+from karmma.errors import DataError
+from karmma.extractors.media import AUDIO_RATE, MEL_BANDS, log_mel, read_audio, read_image, read_video
+
+FRAME_SIZE = (64, 64)  # (H, W) the frozen encoders see
+NUM_FRAMES = 16  # frames sampled evenly over a segment (paper-unknown default)
+FLOW_BOUND = 20.0  # EPIC's flow JPEGs map [-20, 20] px (TV-L1) linearly to [0, 255]
+_EXTENSION = re.compile(r"^P\d+_1\d\d$")
+_VIDEO_SUFFIXES = (".MP4", ".mp4")
+
+
+def frame_rate(video_id: str) -> int:
+    """The rate EPIC frames were extracted at: 50 for extension videos (``PXX_1YY``), else 60."""
+    return 50 if _EXTENSION.match(video_id) else 60
+
+
+def flow_index(video_id: str, rgb_frame: int) -> int:
+    """The flow frame number paired with 1-based rgb frame ``rgb_frame``."""
+    return rgb_frame if _EXTENSION.match(video_id) else (rgb_frame - 1) // 2 + 1
+
+
+def sample_frames(start: int, stop: int, n: int = NUM_FRAMES) -> np.ndarray:
+    """``n`` frame numbers spread evenly over [start, stop] (segment centres), frame 0 -> 1."""
+    start, stop = max(1, start), max(1, stop)
+    edges = np.linspace(start, stop + 1, n + 1)
+    return np.floor((edges[:-1] + edges[1:]) / 2).astype(int).clip(start, stop)
+
+
+def frame_name(i: int) -> str:
+    return f"frame_{i:010d}.jpg"
+
+
+class FrameSource:
+    """One video's frames: a folder, or the downloaded ``.tar`` of it (read without unpacking)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.tar_path = folder, folder.with_name(folder.name + ".tar")
+        self._tar: tarfile.TarFile | None = None
+        self._members: dict[str, tarfile.TarInfo] = {}
+
+    def exists(self) -> bool:
+        return self.folder.is_dir() or self.tar_path.is_file()
+
+    def read(self, name: str, size: tuple[int, int], grey: bool = False) -> np.ndarray:
+        if self.folder.is_dir():
+            path = self.folder / name
+            if not path.is_file():
+                raise DataError(f"{path} does not exist (the frame is outside the extracted video)")
+            return read_image(path, size, grey)
+        if self._tar is None:
+            try:
+                self._tar = tarfile.open(self.tar_path)
+                self._members = {m.name.removeprefix("./"): m for m in self._tar.getmembers() if m.isfile()}
+            except (tarfile.TarError, OSError) as e:
+                raise DataError(f"{self.tar_path}: cannot read the tar ({e}); download it again") from e
+        member = self._members.get(name)
+        if member is None:
+            raise DataError(f"{self.tar_path} has no {name} (the frame is outside the extracted video)")
+        f = self._tar.extractfile(member)
+        return read_image(f.read() if f else b"", size, grey)
+
+
+def flow_image(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """EPIC flow JPEGs (uint8, 128 = still) -> (H, W, 3) float32: u, v in px and magnitude."""
+    uv = np.stack([u, v], -1).astype(np.float32) * (2 * FLOW_BOUND / 255.0) - FLOW_BOUND
+    return np.concatenate([uv, np.linalg.norm(uv, axis=-1, keepdims=True)], -1)
+
+
+def clip_raw(frames: np.ndarray | None, audio: np.ndarray | None, modalities: tuple[str, ...]) -> Raw:
+    """A decoded clip -> the raw modalities the encoders take: ``rgb`` (T, H, W, 3) in [0, 1],
+    ``flow`` (T-1, H, W, 3) Farneback between consecutive frames, ``audio`` (frames, 128) log-mel."""
+    from karmma.extractors.flow import flow_with_magnitude
+
+    raw = Raw()
+    if frames is not None and len(frames) >= 2:
+        if "rgb" in modalities:
+            pick = np.linspace(0, len(frames) - 1, min(NUM_FRAMES, len(frames))).round().astype(int)
+            raw["rgb"] = frames[pick].astype(np.float32) / 255.0
+        if "flow" in modalities:
+            raw["flow"] = flow_with_magnitude(np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]))
+    if audio is not None and "audio" in modalities:
+        raw["audio"] = log_mel(audio, AUDIO_RATE)
+    return raw
+
+
+@lru_cache(maxsize=1)
+def _classes_beside(annotations: Path) -> dict[str, list[str]]:
+    out = {}
+    for task, n in (("verb", epic.NUM_VERBS), ("noun", epic.NUM_NOUNS)):
+        path = annotations.parent / f"EPIC_100_{task}_classes.csv"
+        out[task] = epic.read_classes(path) if path.is_file() else [str(i) for i in range(n)]
+    return out
+
+
+@READERS.register("epic100")
+class EpicReader(DatasetReader):
+    modalities = {"rgb": Kind("frames", 3), "flow": Kind("flow", 3), "audio": Kind("signal", MEL_BANDS)}
+    default_modalities = ("rgb", "flow", "audio")
+    options = ("annotations",)
+    on_error = "absent"
+
+    def __init__(self, annotations: str | Path | None = None) -> None:
+        if annotations is None:
+            raise DataError("epic100 needs --annotations EPIC_100_train.csv (or _validation / _test_timestamps)")
+        self.annotations = Path(annotations)
+        self.extra = {"dataset": "epic100", "annotations": self.annotations.name}
+
+    def samples(self, root: Path, split: str) -> list[SampleRef]:
+        if split != "all":
+            raise DataError("epic100 takes its split from --annotations; leave --split at all")
+        if not root.is_dir():
+            raise DataError(f"{root} is not a folder; point --root at the folder holding P01/, P02/, ...")
+        self.root = root
+        segments = epic.read_annotations(self.annotations)
+        self.labelled = all(s.verb_class is not None and s.noun_class is not None for s in segments)
+        self.extra = {**self.extra, "labelled": self.labelled}
+        return [
+            SampleRef(
+                s.narration_id,
+                {
+                    "verb": -1 if s.verb_class is None else s.verb_class,
+                    "noun": -1 if s.noun_class is None else s.noun_class,
+                },
+                s.participant_id,
+                s,
+            )  # fmt: skip
+            for s in segments
+        ]
+
+    def tasks(self, refs: list[SampleRef]) -> tuple[dict[str, int], dict[str, list[str]]]:
+        return {"verb": epic.NUM_VERBS, "noun": epic.NUM_NOUNS}, _classes_beside(self.annotations)
+
+    @classmethod
+    def read_clip(cls, path: Path, modalities: tuple[str, ...]) -> Raw:
+        from karmma.extractors.media import decode_clip
+
+        frames, audio = decode_clip(path, FRAME_SIZE, 2 * NUM_FRAMES)
+        raw = clip_raw(frames, audio, modalities)
+        if audio is None and "audio" in modalities:
+            raw.absent["audio"] = "no audio track"
+        return raw
+
+    def _video(self, seg: epic.Segment) -> Path | None:
+        for suffix in _VIDEO_SUFFIXES:
+            p = self.root / seg.participant_id / "videos" / (seg.video_id + suffix)
+            if p.is_file():
+                return p
+        return None
+
+    def load(self, ref: SampleRef, modalities: tuple[str, ...], on_error: str) -> Raw:
+        seg: epic.Segment = ref.source
+        fps = frame_rate(seg.video_id)
+        rgb_src = FrameSource(self.root / seg.participant_id / "rgb_frames" / seg.video_id)
+        flow_src = FrameSource(self.root / seg.participant_id / "flow_frames" / seg.video_id)
+        video = self._video(seg)
+        picks = sample_frames(seg.start_frame, seg.stop_frame)
+        raw, span = Raw(), ((max(1, seg.start_frame) - 1) / fps, seg.stop_frame / fps)
+        what = f"segment {seg.narration_id} ({seg.video_id}, frames {seg.start_frame}-{seg.stop_frame})"
+
+        decoded, why_video = None, "no video file" if video is None else ""
+        if video is not None and any(m in modalities and not src.exists()
+                                     for m, src in (("rgb", rgb_src), ("flow", flow_src))):  # fmt: skip
+            tmp = Raw()
+            decoded = or_absent(lambda: read_video(video, FRAME_SIZE, 2 * NUM_FRAMES, *span), on_error,
+                                f"the video of {what}", tmp, "video")  # fmt: skip
+            why_video = tmp.absent.get("video", "")
+        from_video = clip_raw(decoded, None, modalities)
+        if "rgb" in modalities:
+            if rgb_src.exists():
+                frames = or_absent(lambda: np.stack([rgb_src.read(frame_name(i), FRAME_SIZE) for i in picks]),
+                                   on_error, f"the rgb frames of {what}", raw, "rgb")  # fmt: skip
+                if frames is not None:
+                    raw["rgb"] = frames.astype(np.float32) / 255.0
+            elif "rgb" in from_video:
+                raw["rgb"] = from_video["rgb"]
+            else:
+                raw.absent["rgb"] = f"no rgb frames; {why_video}"
+        if "flow" in modalities:
+            if flow_src.exists():
+                idx = [flow_index(seg.video_id, i) for i in picks]
+                read_flow = lambda: np.stack([  # noqa: E731
+                    flow_image(flow_src.read(f"u/{frame_name(j)}", FRAME_SIZE, grey=True),
+                               flow_src.read(f"v/{frame_name(j)}", FRAME_SIZE, grey=True)) for j in idx])  # fmt: skip
+                flow = or_absent(read_flow, on_error, f"the flow frames of {what}", raw, "flow")
+                if flow is not None:
+                    raw["flow"] = flow
+            elif "flow" in from_video:
+                raw["flow"] = from_video["flow"]
+            else:
+                raw.absent["flow"] = f"no flow frames; {why_video}"
+        if "audio" in modalities:
+            if video is None:
+                raw.absent["audio"] = "no video file (audio is read from its track)"
+            else:
+                audio = or_absent(lambda: read_audio(video, AUDIO_RATE, *span), on_error, f"the audio of {what}",
+                                  raw, "audio")  # fmt: skip
+                if audio is not None:
+                    raw["audio"] = log_mel(audio, AUDIO_RATE)
+        return raw
