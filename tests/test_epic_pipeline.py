@@ -120,8 +120,10 @@ def test_ssv2_extract_train_evaluate_predict(tmp_path, capsys):
     assert train.labels["action"].tolist() == [0, 1, 0, 1, 0, 1]
     data = [f"--set=data.train={out['train']}", f"--set=data.val={out['validation']}"]
     assert main(["train", "--config", "epic100_teacher", "--run-dir", str(tmp_path / "t"), *FAST, *data]) == 0
-    assert main(["evaluate", str(tmp_path / "t"), "--out", str(tmp_path / "eval"), "--repeats", "1",
-                 "--no-progress"]) == 0  # fmt: skip
+    assert main(["distill", "--config", "epic100_student", "--teacher", str(tmp_path / "t"),
+                 "--run-dir", str(tmp_path / "s"), *FAST, *data]) == 0  # fmt: skip
+    assert main(["evaluate", str(tmp_path / "t"), str(tmp_path / "s"), "--out", str(tmp_path / "eval"),
+                 "--repeats", "1", "--no-progress"]) == 0  # fmt: skip
     assert "rgb+flow+detections" in capsys.readouterr().out
     assert main(["predict", str(tmp_path / "t"), "--clip", str(videos / "1000.webm")]) == 0
     assert "modalities used: rgb, flow   (absent: detections)" in capsys.readouterr().out

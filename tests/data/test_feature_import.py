@@ -80,6 +80,12 @@ def test_tbn_pickle_through_the_restricted_unpickler(tmp_path, ann):
     np.testing.assert_allclose(data.features["flow"][1], feats["Flow"][1])
     summary = json.loads((tmp_path / "tbn.h5.summary.json").read_text())
     assert summary["not_written"] == ["P01_01_1"]
+    # the imported store trains a teacher and distils a student (one feature set: the student reads it too)
+    fast = ["--set", "optim.epochs=1", "--set", "optim.batch_size=2", "--set", f"data.train={out}",
+            "--set", f"data.val={out}", "--no-progress"]  # fmt: skip
+    assert main(["train", "--config", "epic100_teacher", "--run-dir", str(tmp_path / "t"), *fast]) == 0
+    assert main(["distill", "--config", "epic100_student", "--teacher", str(tmp_path / "t"), "--run-dir",
+                 str(tmp_path / "s"), *fast, "--set", "data.feature_set=teacher"]) == 0  # fmt: skip
 
 
 class _Exploit:
