@@ -85,17 +85,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     results, tasks = run_evaluate(_named(args.models, args.names), args.val, args.seed, args.repeats, _progress(args),
                                   device=args.device, precision=args.precision, compile=args.compile,
-                                  split=args.split)  # fmt: skip
+                                  split=args.split, epic=args.epic)  # fmt: skip
     print(f"split: {results['split']}")
-    if args.epic:
-        from karmma.cli_epic import epic_metrics_section
-
-        results["epic"] = epic_metrics_section(args, _named(args.models, args.names), args.split)
     paths = write_results(results, args.out, tasks)
     metric = main_metric(tasks)
     print(format_table(results, metric))
     print()
     print(format_dropout_table(results, metric))
+    if "epic" in results:
+        from karmma.epic_eval import format_epic
+
+        print()
+        print("EPIC-KITCHENS-100 metrics (all modalities each segment has):")
+        print(format_epic(results["epic"]))
     for k, p in paths.items():
         print(f"{k:12s} {p}")
     return 0
@@ -172,7 +174,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
         options={"annotations": args.annotations, "labels": args.labels, "boxes": args.boxes},
     )
     print(f"feature store: {path}")
-    summary = Path(str(path) + ".summary.json")
+    from karmma.data.store_writer import summary_path
+
+    summary = summary_path(path)
     if summary.is_file():
         info = json.loads(summary.read_text())
         for m, reasons in info["absent"].items():

@@ -4,11 +4,11 @@ pre-extracted features into a store) and ``submit`` (the action-recognition chal
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def cmd_import_features(args: argparse.Namespace) -> int:
     from karmma.data.feature_import import import_features
+    from karmma.data.store_writer import summary_path
 
     summary = import_features(
         args.format, args.source, args.annotations, args.out, tokens=args.tokens,
@@ -19,7 +19,7 @@ def cmd_import_features(args: argparse.Namespace) -> int:
         print(f"  {m}: {shape[0]} tokens x {shape[1]}, absent for {summary['absent'][m]} segment(s)")
     if summary["not_written"]:
         print(f"  {len(summary['not_written'])} annotated segment(s) had no features and were not written "
-              f"(e.g. {', '.join(summary['not_written'][:3])}); listed in {args.out}.summary.json")  # fmt: skip
+              f"(e.g. {', '.join(summary['not_written'][:3])}); listed in {summary_path(args.out)}")  # fmt: skip
     if summary["unmatched_count"]:
         print(f"  {summary['unmatched_count']} feature row(s) match no annotated segment (ignored)")
     return 0
@@ -67,19 +67,3 @@ def add_epic_commands(sub: argparse._SubParsersAction) -> None:
     for flag, what in (("--sls-pt", "pre-training"), ("--sls-tl", "training labels"), ("--sls-td", "training data")):
         sp.add_argument(flag, type=int, default=0, help=f"supervision level of {what}, 0-5 (declare yours)")
     sp.set_defaults(func=cmd_submit)
-
-
-def epic_metrics_section(args: argparse.Namespace, named: dict[str, str], split: str) -> dict:
-    """``karmma evaluate --epic DIR``: the official EPIC metrics per model on the evaluated split."""
-    from karmma.checkpoint import load_model
-    from karmma.epic_eval import epic_report, format_epic
-    from karmma.runs import load_eval_data
-
-    report = {}
-    for name, path in named.items():
-        model, meta = load_model(path)
-        report[name] = epic_report(model, load_eval_data(meta, args.val, split), args.epic, where=f"model {name}")
-    print()
-    print("EPIC-KITCHENS-100 metrics (all modalities each segment has):")
-    print(format_epic(report))
-    return json.loads(json.dumps(report))

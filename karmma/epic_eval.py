@@ -18,7 +18,7 @@ from karmma.data import epic
 from karmma.data.dataset import FeatureSet
 from karmma.errors import DataError
 
-EPIC_TASKS = ("verb", "noun")
+EPIC_TASKS = tuple(epic.TASKS)
 
 
 @torch.no_grad()
@@ -58,7 +58,7 @@ def read_epic_lists(folder: str | Path) -> dict:
                            ("tail_nouns", "EPIC_100_tail_nouns.csv", "noun")):  # fmt: skip
         if (folder / name).is_file():
             out[key] = epic.read_id_list(folder / name, col)
-    unseen = [p for p in sorted(folder.glob("EPIC_100_unseen_participant_ids*.csv"))]
+    unseen = sorted(folder.glob("EPIC_100_unseen_participant_ids*.csv"))
     if unseen:
         out["unseen_participants"] = set().union(*(epic.read_id_list(p, "participant_id") for p in unseen))
     return out

@@ -115,7 +115,7 @@ def parse_only(only: str | None, predictor: Predictor) -> tuple[str, ...]:
 def clip_sample(predictor: Predictor, clip: str | Path, modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
     """A raw clip -> ``{modality: (num_tokens, dim)}`` with the model's own extractors (its store's
     reader and encoder family, at the size of its feature set); streams the clip lacks are absent."""
-    from karmma.data.readers import READERS, _register_shipped
+    from karmma.data.readers import reader_class
     from karmma.extractors.extract import backbone_encoder, pool_encoder
 
     ex = predictor.extractor
@@ -125,8 +125,7 @@ def clip_sample(predictor: Predictor, clip: str | Path, modalities: tuple[str, .
     clip = Path(clip)
     if not clip.exists():
         raise DataError(f"clip {clip} does not exist")
-    _register_shipped()
-    reader = READERS.get(ex["reader"])
+    reader = reader_class(ex["reader"])
     make = {"pool": pool_encoder, "efficientnet": backbone_encoder}.get(ex["encoder"])
     if make is None:
         raise DataError(f"predict --clip runs pool and efficientnet extractors; this model's are {ex['encoder']!r} "

@@ -107,9 +107,11 @@ def run_evaluate(
     precision: str = "fp32",
     compile: bool = False,
     split: str = "val",
+    epic: str | Path | None = None,
 ) -> tuple[dict, list[str]]:
     """Every model on every modality subset and sensor-dropout rate, on ``split`` of its own data
-    (``val``: where choices are made; ``test``: the final report) or on the store ``val_store``.
+    (``val``: where choices are made; ``test``: the final report) or on the store ``val_store``;
+    with ``epic`` (the EPIC-100 annotation folder) also the official EPIC metrics per model.
     The results name the split they report (``results["split"]``)."""
     models: dict[str, torch.nn.Module] = {}
     data: dict[str, FeatureSet] = {}
@@ -121,6 +123,10 @@ def run_evaluate(
     tasks = list(next(iter(models.values())).tasks)
     results = evaluate_models(models, data, seed=seed, repeats=repeats, progress=progress, precision=precision)
     results["split"] = f"{split} ({val_store})" if val_store else split
+    if epic:  # the official EPIC-100 metrics, on the models and data already loaded
+        from karmma.epic_eval import epic_report
+
+        results["epic"] = {name: epic_report(models[name], data[name], epic, f"model {name}") for name in models}
     return results, tasks
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from karmma.metrics import topk_hits
 
 NUM_VERBS = 97
 NUM_NOUNS = 300
+TASKS = {"verb": NUM_VERBS, "noun": NUM_NOUNS}  # the tasks of an EPIC store; actions are scored from both
 
 
 @dataclass
@@ -92,6 +94,24 @@ def read_annotations(path: str | Path, num_verbs: int = NUM_VERBS, num_nouns: in
         if seg.stop_frame < seg.start_frame:
             raise DataError(f"{path}, line {i} ({seg.narration_id}): stop_frame < start_frame")
         out.append(seg)
+    return out
+
+
+def segment_labels(segments: list[Segment]) -> tuple[dict[str, list[int]], bool]:
+    """({"verb": [...], "noun": [...]}, labelled): the segments' classes, or -1 for every segment of
+    an unlabelled file (the test timestamps)."""
+    labelled = all(s.verb_class is not None and s.noun_class is not None for s in segments)
+    return {t: [getattr(s, f"{t}_class") if labelled else -1 for s in segments] for t in TASKS}, labelled
+
+
+@functools.lru_cache(maxsize=1)
+def class_names_beside(annotations: Path) -> dict[str, list[str]]:
+    """Verb and noun class keys from ``EPIC_100_{verb,noun}_classes.csv`` in the annotation file's
+    folder, or the class ids as names where a file is not there."""
+    out = {}
+    for task, n in TASKS.items():
+        path = Path(annotations).parent / f"EPIC_100_{task}_classes.csv"
+        out[task] = read_classes(path) if path.is_file() else [str(i) for i in range(n)]
     return out
 
 

@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import re
 import tarfile
-from functools import lru_cache
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from karmma.data import epic
@@ -77,6 +75,11 @@ class FrameSource:
     def exists(self) -> bool:
         return self.folder.is_dir() or self.tar_path.is_file()
 
+    def close(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            self._tar = None
+
     def read(self, name: str, size: tuple[int, int], grey: bool = False) -> np.ndarray:
         if self.folder.is_dir():
             path = self.folder / name
@@ -105,7 +108,7 @@ def flow_image(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 def clip_raw(frames: np.ndarray | None, audio: np.ndarray | None, modalities: tuple[str, ...]) -> Raw:
     """A decoded clip -> the raw modalities the encoders take: ``rgb`` (T, H, W, 3) in [0, 1],
     ``flow`` (T-1, H, W, 3) Farneback between consecutive frames, ``audio`` (frames, 128) log-mel."""
-    from karmma.extractors.flow import flow_with_magnitude
+    from karmma.extractors.flow import flow_from_rgb
 
     raw = Raw()
     if frames is not None and len(frames) >= 2:
@@ -113,19 +116,10 @@ def clip_raw(frames: np.ndarray | None, audio: np.ndarray | None, modalities: tu
             pick = np.linspace(0, len(frames) - 1, min(NUM_FRAMES, len(frames))).round().astype(int)
             raw["rgb"] = frames[pick].astype(np.float32) / 255.0
         if "flow" in modalities:
-            raw["flow"] = flow_with_magnitude(np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]))
+            raw["flow"] = flow_from_rgb(frames)
     if audio is not None and "audio" in modalities:
         raw["audio"] = log_mel(audio, AUDIO_RATE)
     return raw
-
-
-@lru_cache(maxsize=1)
-def _classes_beside(annotations: Path) -> dict[str, list[str]]:
-    out = {}
-    for task, n in (("verb", epic.NUM_VERBS), ("noun", epic.NUM_NOUNS)):
-        path = annotations.parent / f"EPIC_100_{task}_classes.csv"
-        out[task] = epic.read_classes(path) if path.is_file() else [str(i) for i in range(n)]
-    return out
 
 
 @READERS.register("epic100")
@@ -140,6 +134,20 @@ class EpicReader(DatasetReader):
             raise DataError("epic100 needs --annotations EPIC_100_train.csv (or _validation / _test_timestamps)")
         self.annotations = Path(annotations)
         self.extra = {"dataset": "epic100", "annotations": self.annotations.name}
+        self._sources: dict[Path, FrameSource] = {}
+
+    def _frames(self, participant: str, kind: str, video_id: str) -> FrameSource:
+        """The frame source of a video, kept while its segments are read (annotations list a video's
+        segments together): a tar's member index is built once per video, not once per segment."""
+        folder = self.root / participant / kind / video_id
+        if folder not in self._sources:
+            for old in list(self._sources)[:-3]:  # the last few videos' rgb and flow stay open
+                self._sources.pop(old).close()
+            self._sources[folder] = FrameSource(folder)
+        return self._sources[folder]
+
+    def __getstate__(self) -> dict:  # sent to spawned extraction workers: without open tars
+        return {**self.__dict__, "_sources": {}}
 
     def samples(self, root: Path, split: str) -> list[SampleRef]:
         if split != "all":
@@ -148,23 +156,15 @@ class EpicReader(DatasetReader):
             raise DataError(f"{root} is not a folder; point --root at the folder holding P01/, P02/, ...")
         self.root = root
         segments = epic.read_annotations(self.annotations)
-        self.labelled = all(s.verb_class is not None and s.noun_class is not None for s in segments)
+        labels, self.labelled = epic.segment_labels(segments)
         self.extra = {**self.extra, "labelled": self.labelled}
         return [
-            SampleRef(
-                s.narration_id,
-                {
-                    "verb": -1 if s.verb_class is None else s.verb_class,
-                    "noun": -1 if s.noun_class is None else s.noun_class,
-                },
-                s.participant_id,
-                s,
-            )  # fmt: skip
-            for s in segments
+            SampleRef(s.narration_id, {t: labels[t][i] for t in labels}, s.participant_id, s)
+            for i, s in enumerate(segments)
         ]
 
     def tasks(self, refs: list[SampleRef]) -> tuple[dict[str, int], dict[str, list[str]]]:
-        return {"verb": epic.NUM_VERBS, "noun": epic.NUM_NOUNS}, _classes_beside(self.annotations)
+        return dict(epic.TASKS), epic.class_names_beside(self.annotations)
 
     @classmethod
     def read_clip(cls, path: Path, modalities: tuple[str, ...]) -> Raw:
@@ -186,21 +186,22 @@ class EpicReader(DatasetReader):
     def load(self, ref: SampleRef, modalities: tuple[str, ...], on_error: str) -> Raw:
         seg: epic.Segment = ref.source
         fps = frame_rate(seg.video_id)
-        rgb_src = FrameSource(self.root / seg.participant_id / "rgb_frames" / seg.video_id)
-        flow_src = FrameSource(self.root / seg.participant_id / "flow_frames" / seg.video_id)
+        rgb_src = self._frames(seg.participant_id, "rgb_frames", seg.video_id)
+        flow_src = self._frames(seg.participant_id, "flow_frames", seg.video_id)
         video = self._video(seg)
         picks = sample_frames(seg.start_frame, seg.stop_frame)
         raw, span = Raw(), ((max(1, seg.start_frame) - 1) / fps, seg.stop_frame / fps)
         what = f"segment {seg.narration_id} ({seg.video_id}, frames {seg.start_frame}-{seg.stop_frame})"
 
         decoded, why_video = None, "no video file" if video is None else ""
-        if video is not None and any(m in modalities and not src.exists()
-                                     for m, src in (("rgb", rgb_src), ("flow", flow_src))):  # fmt: skip
+        from_frames_missing = tuple(m for m, src in (("rgb", rgb_src), ("flow", flow_src))
+                                    if m in modalities and not src.exists())  # fmt: skip
+        if video is not None and from_frames_missing:  # decode the video only for what the frames lack
             tmp = Raw()
             decoded = or_absent(lambda: read_video(video, FRAME_SIZE, 2 * NUM_FRAMES, *span), on_error,
                                 f"the video of {what}", tmp, "video")  # fmt: skip
             why_video = tmp.absent.get("video", "")
-        from_video = clip_raw(decoded, None, modalities)
+        from_video = clip_raw(decoded, None, from_frames_missing)
         if "rgb" in modalities:
             if rgb_src.exists():
                 frames = or_absent(lambda: np.stack([rgb_src.read(frame_name(i), FRAME_SIZE) for i in picks]),

@@ -31,8 +31,7 @@ import h5py
 import numpy as np
 
 from karmma.data import epic
-from karmma.data.epic_media import _classes_beside
-from karmma.data.store_writer import FeatureStoreWriter
+from karmma.data.store_writer import FeatureStoreWriter, summary_path
 from karmma.errors import DataError
 from karmma.modalities import ModalitySpec
 from karmma.progress import progress_bar
@@ -83,11 +82,9 @@ def safe_unpickle(path: str | Path):
 def _refuse_objects(obj, path: Path) -> None:
     if isinstance(obj, np.ndarray) and obj.dtype.hasobject:
         raise DataError(f"{path}: holds an object array; only numeric arrays are read")
-    if isinstance(obj, dict):
-        for v in obj.values():
-            _refuse_objects(v, path)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj[:1000] if len(obj) > 1000 and not isinstance(obj[0], (list, tuple, dict, np.ndarray)) else obj:
+    children = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
+    for v in children:
+        if isinstance(v, (dict, list, tuple, np.ndarray)):  # numbers and strings cannot hold objects
             _refuse_objects(v, path)
 
 
@@ -170,7 +167,6 @@ def import_features(
         raise DataError(f"{source}: no features found for --format {fmt}")
     segments = epic.read_annotations(annotations)
     wanted = {s.narration_id for s in segments}
-    labelled = all(s.verb_class is not None and s.noun_class is not None for s in segments)
     specs, mods = [], sorted(feats)
     for m in mods:
         arrays = [np.asarray(a) for a in feats[m].values()]
@@ -185,14 +181,12 @@ def import_features(
     if not have:
         raise DataError(f"{source}: none of the {len(segments)} segments of {annotations} has features; "
                         "are these the features of that split?")  # fmt: skip
-    labels = {"verb": [s.verb_class if labelled else -1 for s in have],
-              "noun": [s.noun_class if labelled else -1 for s in have]}  # fmt: skip
+    labels, labelled = epic.segment_labels(have)
     extra = {"dataset": "epic100", "imported": fmt, "source": source.name, "labelled": labelled}
     bar = progress_bar(len(have), f"import {fmt}", progress, unit="segment")
-    tasks = {"verb": epic.NUM_VERBS, "noun": epic.NUM_NOUNS}
-    names = _classes_beside(Path(annotations))
+    names = epic.class_names_beside(Path(annotations))
     ids = [s.narration_id for s in have]
-    with FeatureStoreWriter(out, ids, labels, tasks, {feature_set: specs}, names, extra, False, dtype) as w:
+    with FeatureStoreWriter(out, ids, labels, epic.TASKS, {feature_set: specs}, names, extra, False, dtype) as w:
         for i, s in enumerate(have):
             present = [s.narration_id in feats[m] for m in mods]
             w.write(i, {feature_set: {sp.name: as_tokens(feats[sp.name][s.narration_id], sp.num_tokens)
@@ -203,7 +197,7 @@ def import_features(
     summary = {"samples": len(have), "modalities": {sp.name: list(sp.shape) for sp in specs}, "absent": absent,
                "not_written": missing, "unmatched_features": unmatched[:100],
                "unmatched_count": len(unmatched)}  # fmt: skip
-    out.with_name(out.name + ".summary.json").write_text(json.dumps(summary, indent=2))
+    summary_path(out).write_text(json.dumps(summary, indent=2))
     if missing:
         log.warning("%s: %d annotated segment(s) have no features and were not written", out, len(missing))
     return summary

@@ -114,11 +114,16 @@ def _register_shipped() -> None:
     import karmma.data.video_folder  # noqa: F401
 
 
+def reader_class(name: str) -> type[DatasetReader]:
+    """The registered reader class ``name`` (the shipped ones included)."""
+    _register_shipped()
+    return READERS.get(name)
+
+
 def get_reader(name: str, **options: Any) -> DatasetReader:
     """The reader ``name``, built with the options it takes; an option it does not take (or one
     left as None) is refused or ignored, naming the flag."""
-    _register_shipped()
-    cls = READERS.get(name)
+    cls = reader_class(name)
     given = {k: v for k, v in options.items() if v is not None}
     unknown = sorted(set(given) - set(cls.options))
     if unknown:

@@ -216,6 +216,12 @@ class FeatureStoreWriter:
         self.close()
 
 
+def summary_path(store: str | Path) -> Path:
+    """``<store>.summary.json``: what extraction or import left absent or unwritten, and why."""
+    store = Path(store)
+    return store.with_name(store.name + ".summary.json")
+
+
 def _check_values(x: np.ndarray, path: Path, feature_set: str, name: str, rows: Sequence[int], dtype) -> None:
     """Refuse NaN/Inf and absurd magnitudes at write time (``x``: (n, tokens, dim) of ``rows``)."""
     if not len(x):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import cv2
 import numpy as np
 import scipy.signal
 
@@ -47,6 +46,17 @@ def read_video_labels(root: Path) -> tuple[list[dict], list[str]]:
     return rows, classes
 
 
+def _frames_raw(raw: Raw, frames: np.ndarray, modalities: tuple[str, ...]) -> Raw:
+    """rgb (every frame, in [0, 1]) and Farneback flow of a decoded clip, as this reader stores them."""
+    from karmma.extractors.flow import flow_from_rgb
+
+    if "rgb" in modalities:
+        raw["rgb"] = frames.astype(np.float32) / 255.0
+    if "flow" in modalities:
+        raw["flow"] = flow_from_rgb(frames)
+    return raw
+
+
 @READERS.register("video")
 class VideoFolderReader(DatasetReader):
     modalities = {"rgb": Kind("frames", 3), "flow": Kind("flow", 3), "audio": Kind("signal", AUDIO_BINS)}
@@ -65,15 +75,10 @@ class VideoFolderReader(DatasetReader):
 
     @classmethod
     def read_clip(cls, path: Path, modalities: tuple[str, ...]) -> Raw:
-        from karmma.extractors.flow import flow_with_magnitude
         from karmma.extractors.media import AUDIO_RATE, decode_clip
 
         frames, audio = decode_clip(path, FRAME_SIZE, 10_000)
-        raw = Raw()
-        if "rgb" in modalities:
-            raw["rgb"] = frames.astype(np.float32) / 255.0
-        if "flow" in modalities:
-            raw["flow"] = flow_with_magnitude(np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]))
+        raw = _frames_raw(Raw(), frames, modalities)
         if "audio" in modalities:
             if audio is None:
                 raw.absent["audio"] = "no audio track"
@@ -82,7 +87,6 @@ class VideoFolderReader(DatasetReader):
         return raw
 
     def load(self, ref: SampleRef, modalities: tuple[str, ...], on_error: str) -> dict[str, np.ndarray]:
-        from karmma.extractors.flow import flow_with_magnitude
         from karmma.extractors.media import AUDIO_RATE, read_audio, read_video
 
         row, raw = ref.source, Raw()
@@ -90,10 +94,8 @@ class VideoFolderReader(DatasetReader):
             frames = or_absent(
                 lambda: read_video(self.root / row["video"], size=FRAME_SIZE), on_error, f"the video of {row['id']}"
             )
-            if frames is not None and "rgb" in modalities:
-                raw["rgb"] = frames.astype(np.float32) / 255.0
-            if frames is not None and "flow" in modalities:
-                raw["flow"] = flow_with_magnitude(np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]))
+            if frames is not None:
+                _frames_raw(raw, frames, modalities)
         if "audio" in modalities:
             if row.get("audio"):
                 read = lambda: audio_features(self.root / row["audio"])  # noqa: E731

@@ -20,6 +20,7 @@ import numpy as np
 
 from karmma.data.readers import DatasetReader, Kind, SampleRef, get_reader
 from karmma.data.store import FeatureStoreWriter
+from karmma.data.store_writer import summary_path
 from karmma.errors import DataError
 from karmma.extractors.encoders import SIZES, CNNEncoder, PoolFrames, PoolSignal, WithVelocity, encoder_path
 from karmma.modalities import ModalitySpec
@@ -109,16 +110,12 @@ def _job(ref: SampleRef, reader: DatasetReader, modalities: tuple[str, ...], on_
     return feats, [m in raw for m in modalities], absent
 
 
-def _summary_path(out: Path) -> Path:
-    return out.with_name(out.name + ".summary.json")
-
-
 def write_summary(out: Path, ids: list[str], modalities: tuple[str, ...], reasons: dict[str, dict[str, list[str]]],
                   tried: list[str], unwritten: list[str]) -> dict:  # fmt: skip
     """``<store>.summary.json``: per modality, how many samples lack it and why (with up to 20 ids
     per reason), and the samples left out because nothing could be read. A resumed run adds to
     the reasons of the runs before it."""
-    path = _summary_path(out)
+    path = summary_path(out)
     old = json.loads(path.read_text()) if path.is_file() else {}
     absent = old.get("absent", {})
     for m, by_reason in reasons.items():
@@ -207,5 +204,5 @@ def run_extract(
                     "; ".join(f"{k} ({v['count']})" for k, v in by_reason.items()))  # fmt: skip
     if summary["not_written"]:
         log.warning("%s: %d sample(s) had no readable modality and were not written (listed in %s)", out,
-                    len(summary["not_written"]), _summary_path(out))  # fmt: skip
+                    len(summary["not_written"]), summary_path(out))  # fmt: skip
     return out

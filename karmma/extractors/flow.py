@@ -34,3 +34,9 @@ def flow_with_magnitude(frames: np.ndarray, scale: float = 1.0) -> np.ndarray:
     """(T, H, W) uint8 -> (T-1, H, W, 3): Farneback flow divided by ``scale``, and its magnitude."""
     flow = optical_flow(frames) / scale
     return np.concatenate([flow, np.linalg.norm(flow, axis=-1, keepdims=True)], axis=-1)
+
+
+def flow_from_rgb(frames: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB -> (T-1, H, W, 3): Farneback flow between consecutive grey frames, and
+    its magnitude (the flow modality of decoded videos)."""
+    return flow_with_magnitude(np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]))

@@ -226,10 +226,9 @@ def decode_clip(path: str | Path, size: tuple[int, int], max_frames: int) -> tup
             raise DataError(f"{path}: a frame folder needs at least 2 images ({', '.join(IMAGE_SUFFIXES)})")
         pick = np.linspace(0, len(files) - 1, min(max_frames, len(files))).round().astype(int)
         return np.stack([read_image(files[i], size) for i in pick]), None
-    fps, _ = video_info(path)
-    with _open(path) as c:
+    with _open(path) as c:  # the container's duration spreads max_frames over the whole clip
         duration = float(c.duration) / 1e6 if c.duration else None
-    frames = read_video(path, size, max_frames, 0.0, duration if duration else None)
+    frames = read_video(path, size, max_frames, 0.0, duration)
     try:
         audio = read_audio(path)
     except NoStream:
