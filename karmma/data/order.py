@@ -8,8 +8,10 @@ streaming loaders' shuffle buffers) permutes the chunks, then the samples within
 handle's chunk cache (:data:`karmma.data.store.CACHE_CHUNKS`) keeps decompressed for the window.
 Every sample is still seen exactly once per epoch, in an order set by the seed.
 
-A data set that fits in one window — every UTD-MHAD split, the demo — gets a plain uniform
-permutation, the same as before chunk-aware shuffling existed.
+A data set that fits in one window (the demo's stores) gets a plain uniform permutation, the
+same as before chunk-aware shuffling existed; ``data.shuffle_chunks: 0`` asks for it whatever the
+size. The UTD-MHAD presets do: their stores are held in memory, and their wide depth tokens make
+~1 MiB chunks of 12 samples, so the 323 training clips would span two windows.
 """
 
 from __future__ import annotations
