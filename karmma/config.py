@@ -57,6 +57,15 @@ class ModelConfig:
     # Train-time augmentation of the standardised inputs (karmma.models.augment); 0 = off.
     time_warp: float = 0.0  # random speed 1 +- w and shift, per sample
     input_noise: float = 0.0  # Gaussian noise std
+    # Train-time random rotation of a modality's raw values read as consecutive 3-vectors (skeleton
+    # joints, accelerometer/gyroscope axes): max angle in radians about x, y and z, e.g.
+    # {skeleton: [0, 1.0, 0]} turns the body about the vertical axis. Applied before standardising.
+    rotate: dict[str, list[float]] = field(default_factory=dict)
+    # Weight of the unimodal auxiliary loss (beyond the paper; 0 = off): CE of a linear classifier per
+    # modality on the mean of its encoder output, over the samples where it is present. It trains
+    # each encoder as a recogniser of its own, the role the paper's per-modality pre-trained
+    # extractors play; the heads are training-only (inference, export and cost never run them).
+    unimodal_weight: float = 0.0
 
     def validate(self) -> None:
         from karmma.models.registries import check_model_names
@@ -76,6 +85,13 @@ class ModelConfig:
             raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
         if not (0.0 <= self.time_warp < 1.0 and 0.0 <= self.input_noise):
             raise ConfigError("model.time_warp must be in [0, 1) and model.input_noise >= 0")
+        for name, angles in self.rotate.items():
+            if len(angles) != 3 or not all(math.isfinite(a) and 0.0 <= a <= math.pi for a in angles):
+                raise ConfigError(
+                    f"model.rotate.{name}={angles}: give three max angles in radians (about x, y, z), each in [0, pi]"
+                )
+        if not (math.isfinite(self.unimodal_weight) and self.unimodal_weight >= 0):
+            raise ConfigError(f"model.unimodal_weight={self.unimodal_weight} must be a finite number >= 0 (0: off)")
         if self.encoder_width < 0 or self.encoder_layers < 0 or self.encoder_tokens < 0:
             raise ConfigError("model.encoder_width, model.encoder_layers and model.encoder_tokens must be >= 0")
 
@@ -290,7 +306,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         (arg, *_) = typing.get_args(tp) or (Any,)
         return [_coerce(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict or tp is Any:
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        _, arg = typing.get_args(tp) or (Any, Any)
+        return {k: _coerce(v, arg, f"{where}.{k}") for k, v in value.items()}
+    if tp is Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

@@ -7,7 +7,7 @@
 * Latency: median wall time over ``repeats`` forward passes after warm-up (batch 1 by default).
 
 Parameters are those a subset uses: the fusion model and heads, plus the input projections of the
-present modalities. (With the missing-modality tokens the fusion compute does not shrink with
+present modalities (never the training-only unimodal heads). (With the missing-modality tokens the fusion compute does not shrink with
 fewer sensors; what a deployment saves is the absent modalities' extractors.)
 """
 
@@ -44,6 +44,7 @@ def count_flops(model: KARMMA, subset: tuple[str, ...], batch: int = 1) -> int:
 def count_params(model: KARMMA, subset: tuple[str, ...]) -> int:
     unused = [m for m, n in enumerate(model.modality_names) if n not in subset]
     skip = {id(p) for m in unused for part in (model.embed.proj[m], model.encoders[m]) for p in part.parameters()}
+    skip |= {id(p) for p in model.unimodal.parameters()} if model.unimodal is not None else set()  # training-only
     return sum(p.numel() for p in model.parameters() if id(p) not in skip)
 
 

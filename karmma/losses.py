@@ -44,6 +44,24 @@ def multitask_ce(
     return torch.stack([cross_entropy(logits[k], labels[k], label_smoothing) for k in logits]).mean()
 
 
+def unimodal_ce(
+    unimodal: Mapping[str, torch.Tensor],
+    labels: Mapping[str, torch.Tensor],
+    present: torch.Tensor,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """CE of the unimodal heads' ``{task: (B, M, C)}`` logits, averaged over the (sample, modality)
+    pairs where the modality is present (``present`` (B, M)) and over the tasks; 0 with none."""
+    keep = present.reshape(-1)
+    losses = []
+    for k, logits in unimodal.items():
+        y = labels[k][:, None].expand(-1, logits.shape[1]).reshape(-1)
+        flat = logits.reshape(-1, logits.shape[-1])
+        ce = F.cross_entropy(flat.float(), y, reduction="none", label_smoothing=label_smoothing)
+        losses.append((ce * keep).sum() / keep.sum().clamp_min(1))
+    return torch.stack(losses).mean()
+
+
 def multitask_distillation(
     student: Mapping[str, torch.Tensor],
     teacher: Mapping[str, torch.Tensor],

@@ -37,3 +37,33 @@ class TokenAugment(nn.Module):
         if self.noise > 0:
             x = x + self.noise * torch.randn_like(x)
         return x
+
+
+class VectorRotate(nn.Module):
+    """Train-time random rotation of raw values read as consecutive 3-vectors — a skeleton's joints
+    (positions and velocities), an inertial sensor's accelerometer and gyroscope axes: one rotation
+    per sample, the product of rotations about x, y and z by angles uniform in +-``angles``."""
+
+    def __init__(self, angles: list[float]) -> None:
+        super().__init__()
+        self.angles = [float(a) for a in angles]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or x.shape[0] == 0 or not any(self.angles):
+            return x
+        b, n, d = x.shape
+        rot = torch.eye(3, dtype=x.dtype, device=x.device).expand(b, 3, 3)
+        for axis, limit in enumerate(self.angles):
+            if limit:
+                theta = limit * (2.0 * torch.rand(b, device=x.device, dtype=x.dtype) - 1.0)
+                rot = rot @ _about(axis, theta)
+        return torch.einsum("bij,bnkj->bnki", rot, x.reshape(b, n, d // 3, 3)).reshape(b, n, d)
+
+
+def _about(axis: int, theta: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 3) rotations by ``theta`` about coordinate ``axis``."""
+    i, j = [(1, 2), (0, 2), (0, 1)][axis]
+    c, s = torch.cos(theta), torch.sin(theta)
+    m = torch.eye(3, dtype=theta.dtype, device=theta.device).repeat(len(theta), 1, 1)
+    m[:, i, i], m[:, j, j], m[:, i, j], m[:, j, i] = c, c, -s, s
+    return m

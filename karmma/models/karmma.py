@@ -23,7 +23,7 @@ from torch import nn
 from karmma.config import ModelConfig
 from karmma.errors import DataError
 from karmma.modalities import ModalitySpec
-from karmma.models.augment import TokenAugment
+from karmma.models.augment import TokenAugment, VectorRotate
 from karmma.models.embedding import ModalityEmbedding
 from karmma.models.encoders import build_encoders
 from karmma.models.fusion import FUSION
@@ -52,6 +52,7 @@ class KARMMA(nn.Module):
         self.tasks = dict(tasks)
         self.cfg = cfg
         self.augment = TokenAugment(cfg.time_warp, cfg.input_noise)
+        self.rotate = _rotations(self.specs, cfg.rotate)
         self.encoders = (
             nn.ModuleList(encoders) if encoders is not None else build_encoders(self.specs, cfg.encoders, cfg)
         )
@@ -62,6 +63,11 @@ class KARMMA(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.fusion = fusion if fusion is not None else FUSION.get(cfg.fusion).from_config(cfg)
         self.head = MultiTaskHead(cfg.dim, cfg.head_hidden, self.tasks, 1 + len(self.specs))
+        # Training-only unimodal heads (model.unimodal_weight > 0): a linear classifier per modality
+        # and task on the mean of that modality's encoder output; inference never runs them.
+        self.unimodal = (
+            nn.ModuleList(UnimodalHead(e.dim, self.tasks) for e in encoded) if cfg.unimodal_weight > 0 else None
+        )
         self.apply(_init_linear)
 
     @property
@@ -87,6 +93,8 @@ class KARMMA(nn.Module):
         out = []
         for m, (x, enc) in enumerate(zip(self._as_list(tokens), self.encoders)):
             keep = present[:, m, None, None]
+            if self.training and self.specs[m].name in self.rotate:
+                x = self.rotate[self.specs[m].name](x)
             x = self.embed.standardize(m, x, keep, getattr(enc, "standardize_inputs", True))
             out.append(enc(torch.where(keep, self.augment(x), x)))
         return out
@@ -95,8 +103,11 @@ class KARMMA(nn.Module):
         self, tokens: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], present: torch.Tensor
     ) -> torch.Tensor:
         """Readers ``(B, 1 + M, dim)``: the [CLS] output and each modality's mean output token."""
+        return self._readers(self.encode(tokens, present), present)
+
+    def _readers(self, encoded: list[torch.Tensor], present: torch.Tensor) -> torch.Tensor:
         b = present.shape[0]
-        x = self.embed(self.encode(tokens, present), present)
+        x = self.embed(encoded, present)
         x = torch.cat([self.cls_token.expand(b, -1, -1), x], dim=1)
         x = self.fusion(x, self.missing.key_mask(present, self.embed.specs))
         readers = [x[:, 0]]
@@ -115,12 +126,51 @@ class KARMMA(nn.Module):
         tokens: Mapping[str, torch.Tensor] | Sequence[torch.Tensor],
         present: torch.Tensor,
         with_features: bool = False,
+        with_unimodal: bool = False,
     ):
-        """``{task: logits}``; with ``with_features`` also the readers (for feature-level objectives,
-        through one forward call so that a DDP wrapper synchronises their gradients)."""
-        readers = self.forward_features(tokens, present)
-        logits = self.forward_head(readers, present)
-        return (logits, readers) if with_features else logits
+        """``{task: logits}``; with ``with_features`` also the readers (for feature-level objectives),
+        with ``with_unimodal`` also the unimodal heads' ``{task: (B, M, C)}`` logits — all through
+        one forward call, so that a DDP wrapper synchronises their gradients."""
+        encoded = self.encode(tokens, present)
+        readers = self._readers(encoded, present)
+        out = [self.forward_head(readers, present)]
+        if with_features:
+            out.append(readers)
+        if with_unimodal:
+            if self.unimodal is None:
+                raise DataError("this model has no unimodal heads: set model.unimodal_weight > 0")
+            out.append(_stack_tasks([head(e.mean(1)) for head, e in zip(self.unimodal, encoded)]))
+        return tuple(out) if len(out) > 1 else out[0]
+
+
+class UnimodalHead(nn.Module):
+    """LayerNorm + a linear classifier per task over one modality's pooled encoder output."""
+
+    def __init__(self, dim: int, tasks: Mapping[str, int]) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.heads = nn.ModuleDict({task: nn.Linear(dim, n) for task, n in tasks.items()})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.norm(x)
+        return {task: head(x) for task, head in self.heads.items()}
+
+
+def _stack_tasks(per_modality: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {task: torch.stack([o[task] for o in per_modality], dim=1) for task in per_modality[0]}
+
+
+def _rotations(specs: Sequence[ModalitySpec], rotate: Mapping[str, list[float]]) -> nn.ModuleDict:
+    dims = {s.name: s.dim for s in specs}
+    for name in rotate:
+        if name not in dims:
+            raise DataError(f"model.rotate names modality {name!r}; the data has {sorted(dims)}")
+        if dims[name] % 3:
+            raise DataError(
+                f"model.rotate.{name}: its tokens have {dims[name]} values, not a whole number of 3-vectors; "
+                "rotate only modalities stored as (x, y, z) triples"
+            )
+    return nn.ModuleDict({name: VectorRotate(angles) for name, angles in rotate.items()})
 
 
 def _init_linear(module: nn.Module) -> None:

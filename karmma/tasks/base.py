@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from karmma.data.dataset import Batch
+from karmma.losses import unimodal_ce
 from karmma.models.karmma import KARMMA
 
 
@@ -60,6 +61,17 @@ class Task(nn.Module):
 
     def forward(self, batch: Batch, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def run_model(self, batch: Batch, mask: torch.Tensor, with_features: bool = False, label_smoothing: float = 0.0):
+        """The model's ``(logits, [readers,] extra)``: ``extra`` holds the weighted unimodal auxiliary
+        loss under ``"loss"`` and its value under ``"unimodal"`` when ``model.unimodal_weight`` > 0
+        (an empty dict otherwise) — add ``extra["loss"]`` to the task's loss."""
+        weight = self.model.cfg.unimodal_weight
+        out = self.part("model")(batch.tokens, mask, with_features=with_features, with_unimodal=weight > 0)
+        if weight <= 0:
+            return (*out, {}) if with_features else (out, {})
+        aux = unimodal_ce(out[-1], batch.labels, mask, label_smoothing)
+        return (*out[:-1], {"loss": weight * aux, "unimodal": aux.detach()})
 
 
 class FrozenTeacherMixin:

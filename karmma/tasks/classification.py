@@ -16,6 +16,6 @@ class ClassificationTask(Task):
         self.label_smoothing = label_smoothing
 
     def forward(self, batch: Batch, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits = self.part("model")(batch.tokens, mask)
+        logits, aux = self.run_model(batch, mask, label_smoothing=self.label_smoothing)
         ce = multitask_ce(logits, batch.labels, self.label_smoothing)
-        return {"loss": ce, "ce": ce.detach(), "output": logits}
+        return {"loss": ce + aux.pop("loss", 0.0), "ce": ce.detach(), **aux, "output": logits}

@@ -44,9 +44,9 @@ class LogitDistillationTask(FrozenTeacherMixin, Task):
             return self.teacher(batch.teacher_tokens, mask)  # the same mask as the student's
 
     def forward(self, batch: Batch, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits = self.part("model")(batch.tokens, mask)
+        logits, aux = self.run_model(batch, mask)
         ce = multitask_ce(logits, batch.labels)
         t_logits = self.teacher_logits(batch, mask)
         kd = torch.stack([kd_kl(logits[k], t_logits[k], self.temperature) for k in logits]).mean()
-        loss = self.alpha * ce + (1.0 - self.alpha) * kd
-        return {"loss": loss, "ce": ce.detach(), "kd": kd.detach(), "output": logits}
+        loss = self.alpha * ce + (1.0 - self.alpha) * kd + aux.pop("loss", 0.0)
+        return {"loss": loss, "ce": ce.detach(), "kd": kd.detach(), **aux, "output": logits}

@@ -47,7 +47,7 @@ class FeatureDistillationTask(LogitDistillationTask):
         return cls(student, teacher, cfg.distill.alpha, cfg.distill.temperature, cfg.distill.beta)
 
     def forward(self, batch: Batch, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits, s_readers = self.part("model")(batch.tokens, mask, with_features=True)
+        logits, s_readers, aux = self.run_model(batch, mask, with_features=True)
         with torch.no_grad():
             t_readers = self.teacher.forward_features(batch.teacher_tokens, mask)
             t_logits = self.teacher.forward_head(t_readers, mask)
@@ -55,5 +55,6 @@ class FeatureDistillationTask(LogitDistillationTask):
         ce = multitask_ce(logits, batch.labels)
         kd = torch.stack([kd_kl(logits[k], t_logits[k], self.temperature) for k in logits]).mean()
         feat = F.mse_loss(self.part("projector")(s_readers), t_readers)
-        loss = self.alpha * ce + (1.0 - self.alpha) * kd + self.beta * feat
-        return {"loss": loss, "ce": ce.detach(), "kd": kd.detach(), "feat": feat.detach(), "output": logits}
+        loss = self.alpha * ce + (1.0 - self.alpha) * kd + self.beta * feat + aux.pop("loss", 0.0)
+        parts = {"ce": ce.detach(), "kd": kd.detach(), "feat": feat.detach(), **aux}
+        return {"loss": loss, **parts, "output": logits}
