@@ -7,8 +7,9 @@
 * Latency: median wall time over ``repeats`` forward passes after warm-up (batch 1 by default).
 
 Parameters are those a subset uses: the fusion model and heads, plus the input projections of the
-present modalities (never the training-only unimodal heads). (With the missing-modality tokens the fusion compute does not shrink with
-fewer sensors; what a deployment saves is the absent modalities' extractors.)
+present modalities (never the training-only unimodal heads). (With the missing-modality tokens
+the fusion compute does not shrink with fewer sensors; what a deployment saves is the absent
+modalities' extractors.)
 """
 
 from __future__ import annotations

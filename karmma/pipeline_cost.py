@@ -60,6 +60,12 @@ def _backbone_latency_ms(variant: str, resolution: int, images: int, repeats: in
     return float(statistics.median(times))
 
 
+def extractor_flops(encoders: dict[str, object], subset: tuple[str, ...], cache: dict | None = None) -> int:
+    """FLOPs of the frozen backbones a clip with ``subset`` runs (0 for raw signals)."""
+    cache = {} if cache is None else cache
+    return sum(n * cache.setdefault(k, _backbone_flops(*k)) for k, n in _images(encoders, subset).items())
+
+
 def pipeline_cost_table(pipelines: dict[str, tuple[KARMMA, dict[str, object]]], repeats: int = 5) -> dict:
     """``pipelines[name] = (model, extraction encoders by modality)`` -> per subset: params, GFLOPs,
     peak memory and CPU latency at batch 1 (one clip) of extractors + model, and the model alone."""
@@ -70,7 +76,7 @@ def pipeline_cost_table(pipelines: dict[str, tuple[KARMMA, dict[str, object]]], 
         rows = {}
         for subset in all_subsets(model.modality_names):
             images = _images(encoders, subset)
-            ext_flops = sum(n * flops_cache.setdefault(k, _backbone_flops(*k)) for k, n in images.items())
+            ext_flops = extractor_flops(encoders, subset, flops_cache)
             ext_params = sum(sum(p.numel() for p in backbone(v).parameters()) for v, _ in images)
             ext_ms = sum(_backbone_latency_ms(v, r, n, repeats) for (v, r), n in images.items())
             model_ms = latency_ms(model, subset, 1, max(repeats, 10))

@@ -35,3 +35,7 @@ def test_utd_mhad_benchmark_on_a_tiny_tree(tmp_path, capsys):
     # The validation subject never reaches training; test clips are only evaluated.
     fit = json.loads((tmp_path / "bench" / "seed0" / "teacher" / "config.json").read_text())["data"]
     assert fit["train"].endswith("fit.h5") and fit["val"].endswith("val.h5")
+    # The presets' unimodal loss is trained and logged (teacher and distilled student).
+    for model in ("teacher", "student"):
+        last = json.loads((tmp_path / "bench" / "seed0" / model / "history.json").read_text())[-1]
+        assert last["unimodal"] > 0, (model, last)

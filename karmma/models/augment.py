@@ -61,7 +61,8 @@ class VectorRotate(nn.Module):
 
 
 def _about(axis: int, theta: torch.Tensor) -> torch.Tensor:
-    """(B, 3, 3) rotations by ``theta`` about coordinate ``axis``."""
+    """(B, 3, 3) rotations about coordinate ``axis`` by ``theta``: in the plane of the other two
+    coordinates, turning the lower-numbered one towards the higher (the angles are symmetric)."""
     i, j = [(1, 2), (0, 2), (0, 1)][axis]
     c, s = torch.cos(theta), torch.sin(theta)
     m = torch.eye(3, dtype=theta.dtype, device=theta.device).repeat(len(theta), 1, 1)

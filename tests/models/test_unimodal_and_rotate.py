@@ -1,0 +1,121 @@
+"""The two training aids chosen on UTD-MHAD's validation subject: rotation of raw 3-vectors
+(``model.rotate``) and the unimodal auxiliary loss (``model.unimodal_weight``)."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from karmma.config import ModelConfig, load_config
+from karmma.cost import count_params
+from karmma.errors import ConfigError, DataError
+from karmma.losses import unimodal_ce
+from karmma.modalities import ModalitySpec
+from karmma.models import KARMMA
+from karmma.models.augment import VectorRotate
+from karmma.presets import preset_path
+from tests.conftest import random_batch, tiny_model_cfg
+from tests.hostile import cli
+
+
+def _rot_y(theta: float) -> torch.Tensor:
+    c, s = math.cos(theta), math.sin(theta)
+    return torch.tensor([[c, 0.0, -s], [0.0, 1.0, 0.0], [s, 0.0, c]])  # x turns towards z
+
+
+def test_vector_rotate_turns_every_3_vector_of_a_sample_by_one_drawn_angle():
+    x = torch.randn(3, 5, 6)  # 2 vectors per token, e.g. a joint's position and velocity
+    rotate = VectorRotate([0.0, 1.0, 0.0]).train()
+    torch.manual_seed(4)
+    out = rotate(x)
+    torch.manual_seed(4)
+    thetas = 1.0 * (2.0 * torch.rand(3) - 1.0)  # the draws VectorRotate makes for this seed
+    for b in range(3):
+        want = (x[b].reshape(5, 2, 3) @ _rot_y(float(thetas[b])).T).reshape(5, 6)
+        assert torch.allclose(out[b], want, atol=1e-6)
+    assert torch.allclose(out[..., 1::3], x[..., 1::3])  # about y: the vertical values stay
+    assert not torch.allclose(out, x)
+    assert torch.equal(rotate.eval()(x), x)  # evaluation never rotates
+    assert torch.equal(VectorRotate([0.0, 0.0, 0.0]).train()(x), x)
+    assert VectorRotate([0.3, 0.3, 0.3]).train()(torch.zeros(0, 5, 6)).shape == (0, 5, 6)
+
+
+def test_rotate_is_checked_against_the_config_and_the_data():
+    specs = [ModalitySpec("skeleton", 4, 6), ModalitySpec("audio", 2, 4)]
+    with pytest.raises(ConfigError, match=r"model.rotate.skeleton.*three max angles"):
+        ModelConfig(rotate={"skeleton": [0.0, 1.0]}).validate()
+    with pytest.raises(ConfigError, match=r"in \[0, pi\]"):
+        ModelConfig(rotate={"skeleton": [0.0, 4.0, 0.0]}).validate()
+    with pytest.raises(DataError, match="names modality 'depth'"):
+        KARMMA(specs, {"a": 3}, tiny_model_cfg(rotate={"depth": [0.0, 1.0, 0.0]}))
+    with pytest.raises(DataError, match=r"model.rotate.audio: its tokens have 4 values, not a whole number"):
+        KARMMA(specs, {"a": 3}, tiny_model_cfg(rotate={"audio": [0.0, 1.0, 0.0]}))
+    with pytest.raises(ConfigError, match=r"model.rotate.skeleton\[1\]: expected float, got str .abc."):
+        load_config(preset_path("utd_mhad_teacher"), ["model.rotate={skeleton: [0, abc, 0]}"])
+    cfg = load_config(preset_path("utd_mhad_teacher"), ["model.rotate={skeleton: [0, 1, 0]}"]).model
+    assert cfg.rotate == {"skeleton": [0.0, 1.0, 0.0]} and all(type(a) is float for a in cfg.rotate["skeleton"])
+
+
+def test_rotation_reaches_only_the_named_present_modality_in_training():
+    specs = [ModalitySpec("skeleton", 4, 6), ModalitySpec("audio", 2, 4)]
+    model = KARMMA(specs, {"a": 3}, tiny_model_cfg(rotate={"skeleton": [0.5, 0.5, 0.5]}))
+    tokens, present = random_batch(specs, 4)
+    model.eval()
+    still = model.encode(tokens, present)
+    model.train()
+    torch.manual_seed(0)
+    turned = model.encode(tokens, present)
+    assert not torch.allclose(turned[0], still[0]) and torch.equal(turned[1], still[1])
+
+
+def test_unimodal_ce_averages_over_present_sample_modality_pairs_only():
+    logits = {"action": torch.randn(3, 2, 4)}
+    labels = {"action": torch.tensor([0, 3, 1])}
+    present = torch.tensor([[True, False], [True, True], [False, False]])
+    pairs = [(0, 0), (1, 0), (1, 1)]
+    want = sum(F.cross_entropy(logits["action"][b, m][None], labels["action"][b][None]) for b, m in pairs) / 3
+    assert torch.allclose(unimodal_ce(logits, labels, present), want)
+    assert unimodal_ce(logits, labels, torch.zeros(3, 2, dtype=torch.bool)).item() == 0.0
+
+
+def test_unimodal_heads_are_training_only(specs, tasks):
+    model = KARMMA(specs, tasks, tiny_model_cfg(unimodal_weight=1.0)).eval()
+    tokens, present = random_batch(specs, 5)
+    logits, unimodal = model(tokens, present, with_unimodal=True)
+    assert {k: v.shape for k, v in unimodal.items()} == {t: (5, len(specs), n) for t, n in tasks.items()}
+    before = model(tokens, present)
+    assert all(torch.equal(before[t], logits[t]) for t in tasks)
+    with torch.no_grad():
+        for p in model.unimodal.parameters():
+            p.add_(1.0)
+    after = model(tokens, present)
+    assert all(torch.equal(before[t], after[t]) for t in tasks)  # inference never runs the heads
+    plain = KARMMA(specs, tasks, tiny_model_cfg())
+    assert count_params(model, tuple(s.name for s in specs)) == count_params(plain, tuple(s.name for s in specs))
+    with pytest.raises(DataError, match="model.unimodal_weight > 0"):
+        plain(tokens, present, with_unimodal=True)
+    with pytest.raises(ConfigError, match="unimodal_weight"):
+        ModelConfig(unimodal_weight=-1.0).validate()
+
+
+def test_unimodal_loss_is_learned_by_teacher_and_distilled_student_through_the_cli(tmp_path, capsys):
+    """The shipped demo presets with the unimodal loss on: the per-modality heads learn (their
+    loss falls), the distilled student logs both objectives, and the student exports to ONNX."""
+    data = ["data.synthetic.num_train=64", "data.synthetic.num_val=32", "optim.batch_size=32",
+            "optim.warmup_steps=2", "optim.lr=0.003", "model.unimodal_weight=1.0"]  # fmt: skip
+    sets = [a for s in [*data, "optim.epochs=25"] for a in ("--set", s)]
+    rc, _, err = cli(capsys, "train", "--config", "demo_teacher", *sets, "--run-dir", tmp_path / "t", "--no-progress")
+    assert rc == 0, err
+    history = json.loads((tmp_path / "t" / "history.json").read_text())
+    assert history[-1]["unimodal"] < 0.75 * history[0]["unimodal"], history
+    sets = [a for s in [*data, "optim.epochs=2"] for a in ("--set", s)]
+    rc, _, err = cli(capsys, "distill", "--config", "demo_student", "--teacher", tmp_path / "t", *sets,
+                     "--run-dir", tmp_path / "s", "--no-progress")  # fmt: skip
+    assert rc == 0, err
+    last = json.loads((tmp_path / "s" / "history.json").read_text())[-1]
+    assert last["unimodal"] > 0 and last["kd"] > 0 and last["ce"] > 0
+    rc, _, err = cli(capsys, "export", tmp_path / "s", "--out", tmp_path / "s.onnx")
+    assert rc == 0, err
+    assert (tmp_path / "s.onnx").stat().st_size > 10_000
