@@ -33,8 +33,24 @@ def test_shipped_student_preset_at_most_half_the_teachers_flops(pair):
     s = KARMMA(s_specs, tasks, load_config(preset_path(f"{pair}_student")).model)
     assert t.cfg.dropout > 0 and s.cfg.dropout > 0  # the shipped presets, as users get them
     full = tuple(x.name for x in t_specs)
-    ratio = count_flops(s, full) / count_flops(t, full)
-    assert 0.05 < ratio <= 0.5, ratio
+    if pair == "utd_mhad":
+        # UTD-MHAD's student keeps the teacher's encoder and fusion width (a half-width student
+        # lost ~10 points on s7) and is compact in its extractors (Lite0 at 128 px against Lite2
+        # at 192 px): at most 30% of the teacher's full-pipeline GFLOPs, as issue #10 asks.
+        ratio = _pipeline_flops(s, "student", full) / _pipeline_flops(t, "teacher", full)
+        assert 0.05 < ratio <= 0.30, ratio
+    else:
+        ratio = count_flops(s, full) / count_flops(t, full)
+        assert 0.05 < ratio <= 0.5, ratio
+
+
+def _pipeline_flops(model, size, subset):
+    from karmma.data.readers import get_reader
+    from karmma.extractors.extract import backbone_encoder
+    from karmma.pipeline_cost import extractor_flops
+
+    kinds = get_reader("utd_mhad").modalities
+    return extractor_flops({m: backbone_encoder(kinds[m], size) for m in subset}, subset) + count_flops(model, subset)
 
 
 def test_cost_table_has_every_subset_and_ratio(specs, tasks):

@@ -67,7 +67,8 @@ class Task(nn.Module):
         loss under ``"loss"`` and its value under ``"unimodal"`` when ``model.unimodal_weight`` > 0
         (an empty dict otherwise) — add ``extra["loss"]`` to the task's loss."""
         weight = self.model.cfg.unimodal_weight
-        out = self.part("model")(batch.tokens, mask, with_features=with_features, with_unimodal=weight > 0)
+        flags = {k: True for k, on in (("with_features", with_features), ("with_unimodal", weight > 0)) if on}
+        out = self.part("model")(batch.tokens, mask, **flags)
         if weight <= 0:
             return (*out, {}) if with_features else (out, {})
         aux = unimodal_ce(out[-1], batch.labels, mask, label_smoothing)

@@ -118,7 +118,9 @@ def test_batch_rows_are_independent(specs, tasks):
     assert torch.allclose(full[1:2], single, atol=1e-5)
 
 
-@pytest.mark.parametrize("pair", ["demo", "utd_mhad", "epic100"])
+# UTD-MHAD's student keeps the teacher's fusion width and is compact in its extractors instead:
+# tests/test_deploy.py checks its full-pipeline GFLOPs.
+@pytest.mark.parametrize("pair", ["demo", "epic100"])
 def test_shipped_student_preset_is_smaller_than_its_teacher(pair):
     from karmma.config import load_config
     from karmma.presets import preset_path
@@ -127,28 +129,7 @@ def test_shipped_student_preset_is_smaller_than_its_teacher(pair):
     t_specs, s_specs, tasks = preset_specs(pair)
     t = KARMMA(t_specs, tasks, load_config(preset_path(f"{pair}_teacher")).model)
     s = KARMMA(s_specs, tasks, load_config(preset_path(f"{pair}_student")).model)
-    if pair == "utd_mhad":
-        _assert_utd_student_is_compact_in_its_extractors(t, s)
-    else:
-        assert sum(p.numel() for p in s.parameters()) < 0.5 * sum(p.numel() for p in t.parameters())
-
-
-def _assert_utd_student_is_compact_in_its_extractors(t, s):
-    # UTD-MHAD's student is compact in its extractors (Lite0 at 128 px against Lite2 at 192 px);
-    # its encoders and fusion keep the teacher's width (a half-width student lost ~10 points on
-    # s7): at most 30% of the teacher's full-pipeline GFLOPs, as issue #10 asks.
-    from karmma.cost import count_flops
-    from karmma.data.readers import get_reader
-    from karmma.extractors.extract import backbone_encoder
-    from karmma.pipeline_cost import extractor_flops
-
-    kinds = get_reader("utd_mhad").modalities
-    full = tuple(kinds)
-    flops = {
-        size: extractor_flops({m: backbone_encoder(kinds[m], size) for m in full}, full) + count_flops(model, full)
-        for size, model in (("teacher", t), ("student", s))
-    }
-    assert flops["student"] <= 0.30 * flops["teacher"], flops
+    assert sum(p.numel() for p in s.parameters()) < 0.5 * sum(p.numel() for p in t.parameters())
 
 
 def test_token_augment_is_train_only_seeded_and_spares_absent_modalities(specs, tasks):
