@@ -93,7 +93,7 @@ class KARMMA(nn.Module):
         out = []
         for m, (x, enc) in enumerate(zip(self._as_list(tokens), self.encoders)):
             keep = present[:, m, None, None]
-            if self.training and self.specs[m].name in self.rotate:
+            if self.specs[m].name in self.rotate:  # a no-op outside training
                 x = self.rotate[self.specs[m].name](x)
             x = self.embed.standardize(m, x, keep, getattr(enc, "standardize_inputs", True))
             out.append(enc(torch.where(keep, self.augment(x), x)))
