@@ -8,7 +8,8 @@
    per model, for the report.
 3. For each seed: teacher, KARMMA student (distilled), baseline-ce and baseline-md (the student
    architecture without distillation), evaluated on every modality subset and under 0-90% sensor
-   dropout.
+   dropout. Teacher -> student and the two baselines train side by side in two processes where
+   the machine has 2 cores or more (``lanes``, :mod:`karmma.lanes`).
 4. ``summary.json``: per model, subset and dropout rate the mean, std and per-seed values; the
    paired student - baseline-md differences; the full-pipeline cost table. ``report.md``: tables.
 """
@@ -28,6 +29,7 @@ from karmma.data.store import open_store, write_store
 from karmma.data.utd_mhad import SUBJECT_PATTERN
 from karmma.evaluate import main_metric
 from karmma.extractors.extract import SIZES, backbone_encoder, run_extract
+from karmma.lanes import auto_lanes
 from karmma.runs import run_comparison
 from karmma.seeds import aggregate, format_summary, plot_means
 
@@ -61,11 +63,13 @@ def run_utd_mhad_benchmark(
     repeats: int = 3,
     val_subject: int = 7,
     overrides: list[str] | None = None,
+    lanes: int | None = None,
 ) -> dict:
     from karmma.data.readers import get_reader
     from karmma.pipeline_cost import format_pipeline_cost, pipeline_cost_table
 
     out = Path(out)
+    lanes = auto_lanes() if lanes is None else lanes
     t0 = time.perf_counter()
     feats = {split: out / "features" / f"{split}.h5" for split in ("train", "test")}
     for split, path in feats.items():
@@ -78,7 +82,7 @@ def run_utd_mhad_benchmark(
         sets = [f"data.train={fit}", f"data.val={val}", f"seed={seed}", *(overrides or [])]
         sets += [f"optim.epochs={epochs}"] if epochs is not None else []
         results, tasks, dirs = run_comparison("utd_mhad_teacher", "utd_mhad_student", out / f"seed{seed}", sets,
-                                              repeats, progress, eval_store=feats["test"])  # fmt: skip
+                                              repeats, progress, eval_store=feats["test"], lanes=lanes)  # fmt: skip
         per_seed.append(results)
     t_train = time.perf_counter() - t0 - t_extract
     metric = main_metric(tasks)
@@ -100,7 +104,8 @@ def run_utd_mhad_benchmark(
     ])  # fmt: skip
     (out / "report.md").write_text(md + "\n")
     plot_means(summary, metric, out)
-    full = {"protocol": {"val_subject": val_subject, "seeds": list(seeds), "metric": metric, "test_clips": n_test},
+    full = {"protocol": {"val_subject": val_subject, "seeds": list(seeds), "metric": metric, "test_clips": n_test,
+                         "lanes": lanes},
             "summary": summary, "per_seed": per_seed, "cost": cost,
             "seconds": {"extraction": t_extract, "training_and_evaluation": t_train}}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(full, indent=2))

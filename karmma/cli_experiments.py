@@ -60,7 +60,7 @@ def cmd_utd(args: argparse.Namespace) -> int:
 
     report = run_utd_mhad_benchmark(args.root, args.out, seeds=args.seeds, epochs=args.epochs, progress=_progress(args),
                                     limit=args.limit, repeats=args.repeats, val_subject=args.val_subject,
-                                    overrides=args.set)  # fmt: skip
+                                    overrides=args.set, lanes=args.lanes)  # fmt: skip
     print(report["markdown"])
     return 0
 
@@ -97,6 +97,9 @@ def add_experiment_commands(sub) -> None:
     sp.add_argument("--limit", type=int, default=None, help="only the first N clips per split (smoke tests)")
     sp.add_argument("--val-subject", type=int, default=7, help="the training subject held out for validation")
     sp.add_argument("--repeats", type=int, default=3)
+    sp.add_argument("--lanes", type=int, choices=(1, 2), default=None,
+                    help="2: train the baselines in a second process beside teacher -> student, the CPU threads split "
+                         "between them (default: 2 on a machine with 2 or more cores)")  # fmt: skip
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of every config")
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_utd)

@@ -66,6 +66,10 @@ class ModelConfig:
     # each encoder as a recogniser of its own, the role the paper's per-modality pre-trained
     # extractors play; the heads are training-only (inference, export and cost never run them).
     unimodal_weight: float = 0.0
+    # Train-time modality swap (beyond the paper; {} = off), e.g. {depth: 0.5}: with that probability a
+    # sample's encoded depth tokens are another sample's (label kept), only where the sample has
+    # another modality present, so the fusion learns to cross-check a weak modality (ModalitySwap).
+    swap: dict[str, float] = field(default_factory=dict)
 
     def validate(self) -> None:
         from karmma.models.registries import check_model_names
@@ -90,6 +94,9 @@ class ModelConfig:
                 raise ConfigError(
                     f"model.rotate.{name}={angles}: give three max angles in radians (about x, y, z), each in [0, pi]"
                 )
+        for name, q in self.swap.items():
+            if not 0.0 <= q <= 1.0:
+                raise ConfigError(f"model.swap.{name}={q} must be a probability in [0, 1]")
         if not (math.isfinite(self.unimodal_weight) and self.unimodal_weight >= 0):
             raise ConfigError(f"model.unimodal_weight={self.unimodal_weight} must be a finite number >= 0 (0: off)")
         if self.encoder_width < 0 or self.encoder_layers < 0 or self.encoder_tokens < 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from pathlib import Path
 
@@ -17,9 +18,11 @@ from karmma.distill import distill
 from karmma.distributed import resolve_device
 from karmma.errors import DataError
 from karmma.evaluate import evaluate_models
+from karmma.lanes import run_two_lanes
 from karmma.out_of_fold import teacher_config
 from karmma.precision import compile_model
 from karmma.presets import preset_path
+from karmma.progress import stderr_is_terminal
 from karmma.tasks import ClassificationTask
 from karmma.train import FitResult, build_model, fit
 
@@ -133,6 +136,12 @@ def run_evaluate(
 COMPARISON = ("teacher", "student", "baseline-ce", "baseline-md")
 
 
+def _train_runs(runs: list[tuple[ExperimentConfig, Path]], resume: bool, progress: bool) -> None:
+    log.info("baselines: the student architecture without distillation")
+    for cfg, run_dir in runs:
+        run_train(cfg, run_dir, resume=resume, progress=progress)
+
+
 def run_comparison(
     teacher_config: str | Path,
     student_config: str | Path,
@@ -143,6 +152,7 @@ def run_comparison(
     resume: bool = True,
     eval_store: str | Path | None = None,
     eval_split: str = "val",
+    lanes: int = 1,
 ) -> tuple[dict, list[str], dict[str, Path]]:
     """Train and evaluate the four models of the paper's comparison, in ``out_dir/<name>``:
 
@@ -154,6 +164,8 @@ def run_comparison(
     ``overrides`` (``key=value``) apply to every config. The models are evaluated on
     ``eval_store`` (e.g. the test split, read once at the end) or else on ``eval_split`` of their
     own data (``val``, or ``test`` for the final report).
+    ``lanes=2`` trains the baselines in a second process while teacher and student train here
+    (:func:`karmma.lanes.run_two_lanes`, the threads split between the two).
     Returns (results, tasks, run folders).
     """
     out = Path(out_dir)
@@ -164,15 +176,19 @@ def run_comparison(
     def student(*extra: str) -> ExperimentConfig:
         return load_config(preset_path(student_config), [*base, *extra])
 
-    log.info("stage 1: teacher")
-    run_train(teacher_cfg, dirs["teacher"], resume=resume, progress=progress)
-    log.info("stage 2: student distilled from the teacher")
-    run_distill(student(), dirs["teacher"], dirs["student"], resume=resume, progress=progress)
-    log.info("baselines: the student architecture without distillation")
-    run_train(
-        student("modality_dropout.kind=none", "name=baseline-ce"), dirs["baseline-ce"], resume=resume, progress=progress
-    )
-    run_train(student("name=baseline-md"), dirs["baseline-md"], resume=resume, progress=progress)
+    baselines = [(student("modality_dropout.kind=none", "name=baseline-ce"), dirs["baseline-ce"]),
+                 (student("name=baseline-md"), dirs["baseline-md"])]  # fmt: skip
+
+    def teacher_then_student() -> None:
+        log.info("stage 1: teacher")
+        run_train(teacher_cfg, dirs["teacher"], resume=resume, progress=progress)
+        log.info("stage 2: student distilled from the teacher")
+        run_distill(student(), dirs["teacher"], dirs["student"], resume=resume, progress=progress)
+
+    # The baselines need no teacher: with lanes=2 they train in a second process meanwhile
+    # (karmma.lanes); a second lane draws no progress bar on a terminal, only log lines elsewhere.
+    side_progress = progress and (lanes < 2 or not stderr_is_terminal())
+    run_two_lanes(teacher_then_student, functools.partial(_train_runs, baselines, resume, side_progress), lanes)
     eval_at = str(eval_store) if eval_store else None
     results, tasks = run_evaluate(dirs, eval_at, seed=teacher_cfg.seed, repeats=repeats, progress=progress,
                                   split="test" if eval_at else eval_split)  # fmt: skip

@@ -15,11 +15,12 @@ CLIPS = [(a, s, t) for s in (1, 2, 3, 4) for a in (1, 2, 3) for t in (1, 2)]
 def test_utd_mhad_benchmark_on_a_tiny_tree(tmp_path, capsys):
     root = make_utd(tmp_path / "utd", clips=CLIPS, skip={("a2_s1_t1", "depth")})
     rc, out, err = cli(capsys, "utd-mhad", "--root", root, "--out", tmp_path / "bench", "--seeds", "0,1",
-                       "--epochs", "1", "--val-subject", "3", "--repeats", "1", "--no-progress",
+                       "--epochs", "1", "--val-subject", "3", "--repeats", "1", "--no-progress", "--lanes", "2",
                        "--set", "optim.batch_size=4")  # fmt: skip
     assert rc == 0, err
     summary = json.loads((tmp_path / "bench" / "summary.json").read_text())
     assert summary["protocol"]["test_clips"] == 12 and summary["protocol"]["val_subject"] == 3
+    assert summary["protocol"]["lanes"] == 2  # the baselines trained in a second process
     teacher = summary["summary"]["models"]["teacher"]
     assert len(teacher["subsets"]) == 15 and len(teacher["sensor_dropout"]) == 10
     assert len(teacher["subsets"]["depth+flow+inertial+skeleton"]["values"]) == 2  # one per seed
@@ -35,7 +36,7 @@ def test_utd_mhad_benchmark_on_a_tiny_tree(tmp_path, capsys):
     # The validation subject never reaches training; test clips are only evaluated.
     fit = json.loads((tmp_path / "bench" / "seed0" / "teacher" / "config.json").read_text())["data"]
     assert fit["train"].endswith("fit.h5") and fit["val"].endswith("val.h5")
-    # The presets' unimodal loss is trained and logged (teacher and distilled student).
-    for model in ("teacher", "student"):
+    # The presets' unimodal loss is trained and logged (teacher, distilled student, the baselines).
+    for model in ("teacher", "student", "baseline-ce", "baseline-md"):
         last = json.loads((tmp_path / "bench" / "seed0" / model / "history.json").read_text())[-1]
         assert last["unimodal"] > 0, (model, last)

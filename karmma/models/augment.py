@@ -68,3 +68,30 @@ def _about(axis: int, theta: torch.Tensor) -> torch.Tensor:
     m = torch.eye(3, dtype=theta.dtype, device=theta.device).repeat(len(theta), 1, 1)
     m[:, i, i], m[:, j, j], m[:, i, j], m[:, j, i] = c, c, -s, s
     return m
+
+
+class ModalitySwap(nn.Module):
+    """Train-time modality swap (``model.swap``, beyond the paper): with probability ``rates[m]`` a
+    sample's encoded tokens of modality ``m`` are replaced by those of another sample of the batch,
+    its label kept — so the fusion block meets a present modality that points to the wrong class,
+    as a weak sensor does on unseen subjects, and learns to cross-check it against the others.
+    Only where both samples have the modality and the sample has at least one other present (a
+    sample's only modality is never swapped); one random pairing (a permutation) per modality."""
+
+    def __init__(self, rates: list[float]) -> None:
+        super().__init__()
+        self.rates = [float(q) for q in rates]
+
+    def forward(self, encoded: list[torch.Tensor], present: torch.Tensor) -> list[torch.Tensor]:
+        b = present.shape[0]
+        if not self.training or b < 2 or not any(self.rates):
+            return encoded
+        present = present.bool()
+        others = present.sum(1) >= 2
+        out = list(encoded)
+        for m, q in enumerate(self.rates):
+            if q > 0:
+                perm = torch.randperm(b, device=present.device)
+                take = (torch.rand(b, device=present.device) < q) & others & present[:, m] & present[perm, m]
+                out[m] = torch.where(take[:, None, None], encoded[m][perm], encoded[m])
+        return out

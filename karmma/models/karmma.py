@@ -1,7 +1,7 @@
 """The KARMMA model (teacher and student share this layout; only sizes differ).
 
     tokens[m] (B, N_m, D_m), present (B, M)
-      -> standardise (absent -> 0) -> encoder[m] -> ModalityEmbedding (missing strategy)
+      -> standardise (absent -> 0) -> encoder[m] -> [train: modality swap] -> ModalityEmbedding (missing strategy)
       -> [CLS] + tokens -> fusion block
       -> readers: [CLS] output and each modality's mean output token     (forward_features)
       -> MultiTaskHead -> {task: logits}, averaged over readers            (forward_head)
@@ -23,7 +23,7 @@ from torch import nn
 from karmma.config import ModelConfig
 from karmma.errors import DataError
 from karmma.modalities import ModalitySpec
-from karmma.models.augment import TokenAugment, VectorRotate
+from karmma.models.augment import ModalitySwap, TokenAugment, VectorRotate
 from karmma.models.embedding import ModalityEmbedding
 from karmma.models.encoders import build_encoders
 from karmma.models.fusion import FUSION
@@ -53,6 +53,7 @@ class KARMMA(nn.Module):
         self.cfg = cfg
         self.augment = TokenAugment(cfg.time_warp, cfg.input_noise)
         self.rotate = _rotations(self.specs, cfg.rotate)
+        self.swap = ModalitySwap(_per_modality(self.specs, cfg.swap, "model.swap"))
         self.encoders = (
             nn.ModuleList(encoders) if encoders is not None else build_encoders(self.specs, cfg.encoders, cfg)
         )
@@ -102,8 +103,9 @@ class KARMMA(nn.Module):
     def forward_features(
         self, tokens: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], present: torch.Tensor
     ) -> torch.Tensor:
-        """Readers ``(B, 1 + M, dim)``: the [CLS] output and each modality's mean output token."""
-        return self._readers(self.encode(tokens, present), present)
+        """Readers ``(B, 1 + M, dim)``: the [CLS] output and each modality's mean output token
+        (in training, after the modality swap of ``model.swap``)."""
+        return self._readers(self.swap(self.encode(tokens, present), present), present)
 
     def _readers(self, encoded: list[torch.Tensor], present: torch.Tensor) -> torch.Tensor:
         b = present.shape[0]
@@ -132,7 +134,7 @@ class KARMMA(nn.Module):
         with ``with_unimodal`` also the unimodal heads' ``{task: (B, M, C)}`` logits — all through
         one forward call, so that a DDP wrapper synchronises their gradients."""
         encoded = self.encode(tokens, present)
-        readers = self._readers(encoded, present)
+        readers = self._readers(self.swap(encoded, present), present)
         out = [self.forward_head(readers, present)]
         if with_features:
             out.append(readers)
@@ -171,6 +173,15 @@ def _rotations(specs: Sequence[ModalitySpec], rotate: Mapping[str, list[float]])
                 "rotate only modalities stored as (x, y, z) triples"
             )
     return nn.ModuleDict({name: VectorRotate(angles) for name, angles in rotate.items()})
+
+
+def _per_modality(specs: Sequence[ModalitySpec], values: Mapping[str, float], key: str) -> list[float]:
+    """``values`` by modality, in the model's modality order (0 where not named)."""
+    names = [s.name for s in specs]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise DataError(f"{key} names modality {unknown}; the data has {sorted(names)}")
+    return [float(values.get(n, 0.0)) for n in names]
 
 
 def _init_linear(module: nn.Module) -> None:
