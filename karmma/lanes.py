@@ -5,7 +5,8 @@ Small models on a few CPU cores use extra threads poorly: on UTD-MHAD (2 cores) 
 2 threads took 113 s and with 1 thread 159 s, and two 1-thread trainings side by side took 160 s
 each — two trainings in 160 s instead of 226 s. ``karmma utd-mhad`` runs teacher -> student in one
 lane and the two baselines in the other. Each lane's results depend only on its own thread count,
-so a run is reproducible; they can differ in the last bits from a run with another thread count.
+so a run is reproducible; another thread count changes the rounding, which over a training run
+can move single accuracies by about a point.
 
 The second process logs through this process's handlers (a queue), so ``-v`` and the progress
 lines cover both lanes; on a terminal only this process draws progress bars.

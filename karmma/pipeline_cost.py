@@ -52,7 +52,8 @@ def _backbone_latency_ms(variant: str, resolution: int, images: int, repeats: in
     x = torch.rand(images, 3, resolution, resolution)
     model, times = backbone(variant), []
     with torch.inference_mode():
-        model.forward_features(x)
+        for _ in range(2):  # warm-up: oneDNN picks its kernels for this shape
+            model.forward_features(x)
         for _ in range(repeats):
             t0 = time.perf_counter()
             model.forward_features(x)
@@ -78,7 +79,10 @@ def pipeline_cost_table(pipelines: dict[str, tuple[KARMMA, dict[str, object]]], 
             images = _images(encoders, subset)
             ext_flops = extractor_flops(encoders, subset, flops_cache)
             ext_params = sum(sum(p.numel() for p in backbone(v).parameters()) for v, _ in images)
-            ext_ms = sum(_backbone_latency_ms(v, r, n, repeats) for (v, r), n in images.items())
+            # Each modality's backbone runs on its own images (as extraction runs it), so the latency
+            # sums per modality; FLOPs and parameters do not depend on that.
+            ext_ms = sum(_backbone_latency_ms(v, r, n, repeats)
+                         for m in subset for (v, r), n in _images(encoders, (m,)).items())  # fmt: skip
             model_ms = latency_ms(model, subset, 1, max(repeats, 10))
             model_params, model_flops = count_params(model, subset), count_flops(model, subset)
             rows[subset_name(subset)] = {
