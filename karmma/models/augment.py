@@ -1,9 +1,14 @@
-"""Train-time augmentation of a modality's standardised input tokens (off by default).
+"""Train-time augmentation (all off by default).
+
+Of a modality's standardised input tokens (``TokenAugment``):
 
 * ``time_warp`` w: each sample's tokens are resampled at a random speed in [1 - w, 1 + w] with a
   random shift of up to w x N / 2 tokens (linear interpolation, edges clamped) — the usual
   temporal augmentation of skeleton and inertial recognisers;
 * ``noise`` s: additive Gaussian noise of standard deviation s (the inputs are standardised).
+
+Of raw 3-vectors, before standardising: ``VectorRotate`` (``model.rotate``). Of the encoders'
+outputs, before the fusion: ``ModalitySwap`` (``model.swap``).
 
 Active only in training mode; the draws come from torch's global generator, which the training
 loop seeds per step, so runs stay reproducible and resumable.
