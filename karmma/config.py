@@ -70,6 +70,7 @@ class ModelConfig:
     # sample's encoded depth tokens are another sample's (label kept), only where the sample has
     # another modality present, so the fusion learns to cross-check a weak modality (ModalitySwap).
     swap: dict[str, float] = field(default_factory=dict)
+    swap_min_present: int = 2  # swap only in samples with at least this many modalities present
 
     def validate(self) -> None:
         from karmma.models.registries import check_model_names
@@ -97,6 +98,8 @@ class ModelConfig:
         for name, q in self.swap.items():
             if not 0.0 <= q <= 1.0:
                 raise ConfigError(f"model.swap.{name}={q} must be a probability in [0, 1]")
+        if self.swap_min_present < 1:
+            raise ConfigError(f"model.swap_min_present={self.swap_min_present} must be >= 1 (2: never a lone modality)")
         if not (math.isfinite(self.unimodal_weight) and self.unimodal_weight >= 0):
             raise ConfigError(f"model.unimodal_weight={self.unimodal_weight} must be a finite number >= 0 (0: off)")
         if self.encoder_width < 0 or self.encoder_layers < 0 or self.encoder_tokens < 0:

@@ -80,19 +80,21 @@ class ModalitySwap(nn.Module):
     sample's encoded tokens of modality ``m`` are replaced by those of another sample of the batch,
     its label kept — so the fusion block meets a present modality that points to the wrong class,
     as a weak sensor does on unseen subjects, and learns to cross-check it against the others.
-    Only where both samples have the modality and the sample has at least one other present (a
-    sample's only modality is never swapped); one random pairing (a permutation) per modality."""
+    Only where both samples have the modality and the sample has at least ``min_present``
+    modalities present (2: a sample's only modality is never swapped; 3: neither is either of a
+    pair); one random pairing (a permutation) per modality."""
 
-    def __init__(self, rates: list[float]) -> None:
+    def __init__(self, rates: list[float], min_present: int = 2) -> None:
         super().__init__()
         self.rates = [float(q) for q in rates]
+        self.min_present = min_present
 
     def forward(self, encoded: list[torch.Tensor], present: torch.Tensor) -> list[torch.Tensor]:
         b = present.shape[0]
         if not self.training or b < 2 or not any(self.rates):
             return encoded
         present = present.bool()
-        others = present.sum(1) >= 2
+        others = present.sum(1) >= self.min_present
         out = list(encoded)
         for m, q in enumerate(self.rates):
             if q > 0:

@@ -53,7 +53,7 @@ class KARMMA(nn.Module):
         self.cfg = cfg
         self.augment = TokenAugment(cfg.time_warp, cfg.input_noise)
         self.rotate = _rotations(self.specs, cfg.rotate)
-        self.swap = ModalitySwap(_per_modality(self.specs, cfg.swap, "model.swap"))
+        self.swap = ModalitySwap(_per_modality(self.specs, cfg.swap, "model.swap"), cfg.swap_min_present)
         self.encoders = (
             nn.ModuleList(encoders) if encoders is not None else build_encoders(self.specs, cfg.encoders, cfg)
         )

@@ -38,6 +38,22 @@ def test_swap_takes_another_samples_tokens_exactly_where_allowed():
     assert not torch.equal(out[0], encoded[0])  # this seed does swap some samples
 
 
+def test_swap_min_present_spares_samples_with_fewer_modalities():
+    b = 8
+    encoded = [torch.arange(b, dtype=torch.float32).view(b, 1, 1).expand(b, 2, 3) + 100 * m for m in range(3)]
+    present = torch.ones(b, 3, dtype=torch.bool)
+    present[:4, 2] = False  # samples 0-3 have two modalities: spared at min_present 3
+    torch.manual_seed(5)
+    out = ModalitySwap([1.0, 0.0, 0.0], min_present=3).train()(encoded, present)
+    torch.manual_seed(5)
+    pairs = torch.randperm(b)
+    for i in range(b):
+        want = encoded[0][pairs[i]] if i >= 4 else encoded[0][i]
+        assert torch.equal(out[0][i], want), i
+    torch.manual_seed(5)
+    assert not torch.equal(ModalitySwap([1.0, 0.0, 0.0]).train()(encoded, present)[0][:4], encoded[0][:4])
+
+
 def test_swap_is_off_in_evaluation_and_draws_nothing_at_rate_zero(specs, tasks):
     tokens, present = random_batch(specs, 5)
     model = KARMMA(specs, tasks, tiny_model_cfg(swap={"rgb": 1.0, "audio": 1.0})).eval()
@@ -66,6 +82,8 @@ def test_swap_is_checked_against_the_config_and_the_data():
     specs = [ModalitySpec("depth", 2, 4), ModalitySpec("skeleton", 3, 6)]
     with pytest.raises(ConfigError, match=r"model.swap.depth=1.5 must be a probability in \[0, 1\]"):
         ModelConfig(swap={"depth": 1.5}).validate()
+    with pytest.raises(ConfigError, match=r"model.swap_min_present=0 must be >= 1"):
+        ModelConfig(swap_min_present=0).validate()
     with pytest.raises(DataError, match=r"model.swap names modality \['audio'\]; the data has \['depth', 'skeleton'\]"):
         KARMMA(specs, {"a": 3}, tiny_model_cfg(swap={"audio": 0.5}))
     with pytest.raises(ConfigError, match=r"model.swap.depth: expected float, got str 'lots'"):
