@@ -64,13 +64,14 @@ def run_two_lanes(here: Callable[[], A], beside: Callable[[], B], lanes: int = 2
     if lanes < 2:
         return here(), beside()
     threads = max(1, torch.get_num_threads() // 2)
-    queue = multiprocessing.get_context("spawn").Queue()
+    spawn = multiprocessing.get_context("spawn")
+    queue = spawn.Queue()
     # The second lane's records go where this process's would (Python's last resort if nothing is set up).
     handlers = logging.getLogger().handlers or [h for h in (logging.lastResort,) if h]
     listener = logging.handlers.QueueListener(queue, *handlers, respect_handler_level=True)
     levels = {name: logging.getLogger(name or None).level for name in _LEVELS}
     listener.start()
-    pool = multiprocessing.get_context("spawn").Pool(1, _init_lane, (queue, levels, threads))
+    pool = spawn.Pool(1, _init_lane, (queue, levels, threads))
     try:
         log.info("two lanes, %d thread(s) each: %s here, %s in a second process", threads,
                  getattr(here, "__name__", "work"), getattr(beside, "func", beside).__name__)  # fmt: skip

@@ -41,6 +41,7 @@ def _images(encoders: dict[str, object], subset: tuple[str, ...]) -> dict[tuple[
     return out
 
 
+@functools.lru_cache(maxsize=64)
 def _backbone_flops(variant: str, resolution: int) -> int:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         backbone(variant).forward_features(torch.zeros(1, 3, resolution, resolution))
@@ -61,23 +62,21 @@ def _backbone_latency_ms(variant: str, resolution: int, images: int, repeats: in
     return float(statistics.median(times))
 
 
-def extractor_flops(encoders: dict[str, object], subset: tuple[str, ...], cache: dict | None = None) -> int:
+def extractor_flops(encoders: dict[str, object], subset: tuple[str, ...]) -> int:
     """FLOPs of the frozen backbones a clip with ``subset`` runs (0 for raw signals)."""
-    cache = {} if cache is None else cache
-    return sum(n * cache.setdefault(k, _backbone_flops(*k)) for k, n in _images(encoders, subset).items())
+    return sum(n * _backbone_flops(*k) for k, n in _images(encoders, subset).items())
 
 
 def pipeline_cost_table(pipelines: dict[str, tuple[KARMMA, dict[str, object]]], repeats: int = 5) -> dict:
     """``pipelines[name] = (model, extraction encoders by modality)`` -> per subset: params, GFLOPs,
     peak memory and CPU latency at batch 1 (one clip) of extractors + model, and the model alone."""
     table: dict = {"models": {}}
-    flops_cache: dict = {}
     for name, (model, encoders) in pipelines.items():
         model.eval()
         rows = {}
         for subset in all_subsets(model.modality_names):
             images = _images(encoders, subset)
-            ext_flops = extractor_flops(encoders, subset, flops_cache)
+            ext_flops = extractor_flops(encoders, subset)
             ext_params = sum(sum(p.numel() for p in backbone(v).parameters()) for v, _ in images)
             # Each modality's backbone runs on its own images (as extraction runs it), so the latency
             # sums per modality; FLOPs and parameters do not depend on that.
