@@ -64,8 +64,13 @@ class ModelConfig:
     # Weight of the unimodal auxiliary loss (beyond the paper; 0 = off): CE of a linear classifier per
     # modality on the mean of its encoder output, over the samples where it is present. It trains
     # each encoder as a recogniser of its own, the role the paper's per-modality pre-trained
-    # extractors play; the heads are training-only (inference, export and cost never run them).
+    # extractors play. The heads are training-only unless model.unimodal_ensemble > 0.
     unimodal_weight: float = 0.0
+    # Late fusion of the unimodal heads at inference (beyond the paper; 0 = off, needs
+    # unimodal_weight > 0): outside training the output is (log softmax(fused logits) + w * the mean
+    # over the *present* modalities of their unimodal heads' log softmax) / (1 + w). Training still
+    # fits the fused logits; a distilled student learns from its teacher's late-fused output.
+    unimodal_ensemble: float = 0.0
     # Train-time modality swap (beyond the paper; {} = off), e.g. {depth: 0.5}: with that probability a
     # sample's encoded depth tokens are another sample's (label kept), only where the sample has
     # another modality present, so the fusion learns to cross-check a weak modality (ModalitySwap).
@@ -102,6 +107,13 @@ class ModelConfig:
             raise ConfigError(f"model.swap_min_present={self.swap_min_present} must be >= 1 (2: never a lone modality)")
         if not (math.isfinite(self.unimodal_weight) and self.unimodal_weight >= 0):
             raise ConfigError(f"model.unimodal_weight={self.unimodal_weight} must be a finite number >= 0 (0: off)")
+        if not (math.isfinite(self.unimodal_ensemble) and self.unimodal_ensemble >= 0):
+            raise ConfigError(f"model.unimodal_ensemble={self.unimodal_ensemble} must be a finite number >= 0 (0: off)")
+        if self.unimodal_ensemble > 0 and self.unimodal_weight == 0:
+            raise ConfigError(
+                "model.unimodal_ensemble > 0 fuses the unimodal heads, which only exist with "
+                "model.unimodal_weight > 0; set model.unimodal_weight (e.g. 1.0) or model.unimodal_ensemble=0"
+            )
         if self.encoder_width < 0 or self.encoder_layers < 0 or self.encoder_tokens < 0:
             raise ConfigError("model.encoder_width, model.encoder_layers and model.encoder_tokens must be >= 0")
 
@@ -179,6 +191,9 @@ class DistillConfig:
     teacher_logits: str = "teacher"
     folds: int = 3  # out_of_fold only
     beta: float = 1.0  # feature_kd only: weight of the feature-matching term (beyond the paper)
+    # logit_kd with model.unimodal_weight > 0 (beyond the paper): each unimodal head also learns
+    # alpha * CE + (1 - alpha) * T^2 * KL from the teacher's prediction with that modality alone.
+    unimodal: bool = False
 
     def validate(self) -> None:
         from karmma.tasks import TASKS

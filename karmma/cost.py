@@ -6,10 +6,10 @@
   ``TorchDispatchMode``.
 * Latency: median wall time over ``repeats`` forward passes after warm-up (batch 1 by default).
 
-Parameters are those a subset uses: the fusion model and heads, plus the input projections of the
-present modalities (never the training-only unimodal heads). (With the missing-modality tokens
-the fusion compute does not shrink with fewer sensors; what a deployment saves is the absent
-modalities' extractors.)
+Parameters are those a subset uses: the fusion model and heads, plus the input projections and
+encoders of the present modalities (their unimodal heads only where ``model.unimodal_ensemble``
+runs them). (With the missing-modality tokens the fusion compute does not shrink with fewer
+sensors; what a deployment saves is the absent modalities' extractors.)
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ def count_flops(model: KARMMA, subset: tuple[str, ...], batch: int = 1) -> int:
 def count_params(model: KARMMA, subset: tuple[str, ...]) -> int:
     unused = [m for m, n in enumerate(model.modality_names) if n not in subset]
     skip = {id(p) for m in unused for part in (model.embed.proj[m], model.encoders[m]) for p in part.parameters()}
-    skip |= {id(p) for p in model.unimodal.parameters()} if model.unimodal is not None else set()  # training-only
+    if model.unimodal is not None:  # training-only, unless late-fused at inference (model.unimodal_ensemble)
+        heads = [h for m, h in enumerate(model.unimodal) if model.cfg.unimodal_ensemble == 0 or m in unused]
+        skip |= {id(p) for h in heads for p in h.parameters()}
     return sum(p.numel() for p in model.parameters() if id(p) not in skip)
 
 

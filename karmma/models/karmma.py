@@ -5,6 +5,7 @@
       -> [CLS] + tokens -> fusion block
       -> readers: [CLS] output and each modality's mean output token     (forward_features)
       -> MultiTaskHead -> {task: logits}, averaged over readers            (forward_head)
+      -> [inference, model.unimodal_ensemble: late fusion with the present modalities' unimodal heads]
 
 The fusion block, the missing-modality strategy and the per-modality encoders are objects: pass
 your own, or let ``cfg`` choose registered ones (``model.fusion``, ``model.missing``,
@@ -64,8 +65,8 @@ class KARMMA(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.fusion = fusion if fusion is not None else FUSION.get(cfg.fusion).from_config(cfg)
         self.head = MultiTaskHead(cfg.dim, cfg.head_hidden, self.tasks, 1 + len(self.specs))
-        # Training-only unimodal heads (model.unimodal_weight > 0): a linear classifier per modality
-        # and task on the mean of that modality's encoder output; inference never runs them.
+        # Unimodal heads (model.unimodal_weight > 0): a linear classifier per modality and task on the
+        # mean of that modality's encoder output; inference runs them only for model.unimodal_ensemble.
         self.unimodal = (
             nn.ModuleList(UnimodalHead(e.dim, self.tasks) for e in encoded) if cfg.unimodal_weight > 0 else None
         )
@@ -135,14 +136,38 @@ class KARMMA(nn.Module):
         one forward call, so that a DDP wrapper synchronises their gradients."""
         encoded = self.encode(tokens, present)
         readers = self._readers(self.swap(encoded, present), present)
-        out = [self.forward_head(readers, present)]
+        logits = self.forward_head(readers, present)
+        ensemble = self.cfg.unimodal_ensemble > 0 and not self.training
+        if with_unimodal and self.unimodal is None:
+            raise DataError("this model has no unimodal heads: set model.unimodal_weight > 0")
+        unimodal = self.forward_unimodal(encoded) if with_unimodal or ensemble else None
+        if ensemble:
+            logits = late_fusion(logits, unimodal, present, self.cfg.unimodal_ensemble)
+        out = [logits]
         if with_features:
             out.append(readers)
         if with_unimodal:
-            if self.unimodal is None:
-                raise DataError("this model has no unimodal heads: set model.unimodal_weight > 0")
-            out.append(_stack_tasks([head(e.mean(1)) for head, e in zip(self.unimodal, encoded)]))
+            out.append(unimodal)
         return tuple(out) if len(out) > 1 else out[0]
+
+    def forward_unimodal(self, encoded: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The unimodal heads' ``{task: (B, M, C)}`` logits over each modality's mean encoding."""
+        return _stack_tasks([head(e.mean(1)) for head, e in zip(self.unimodal, encoded)])
+
+
+def late_fusion(
+    fused: Mapping[str, torch.Tensor], unimodal: Mapping[str, torch.Tensor], present: torch.Tensor, weight: float
+) -> dict[str, torch.Tensor]:
+    """``(log softmax(fused) + w * mean over present modalities of log softmax(unimodal)) / (1 + w)``
+    per task (``model.unimodal_ensemble`` = w): a weighted geometric mean of the fused expert's and
+    the present sensors' own probabilities, kept at the scale of log-probabilities (what a
+    temperature-softened distillation target assumes)."""
+    out = {}
+    for task, f in fused.items():
+        keep = present.to(f.dtype)[..., None]  # (B, M, 1)
+        uni = (unimodal[task].log_softmax(-1) * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+        out[task] = (f.log_softmax(-1) + weight * uni) / (1.0 + weight)
+    return out
 
 
 class UnimodalHead(nn.Module):

@@ -4,6 +4,9 @@ from a frozen teacher that sees the same modality-dropout mask as the student.
 With a teacher-logit cache (:mod:`karmma.tasks.teacher_logits`: every sample under every
 non-empty modality subset, computed once, bounded in memory) the teacher is not run during
 training and its features are not read; the step's mask picks the cached subset.
+
+With ``distill.unimodal`` (beyond the paper) the student's unimodal heads are distilled too, each
+from the teacher's prediction with that modality alone (the cache's single-modality subsets).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from karmma.data.dataset import Batch
+from karmma.errors import ConfigError
 from karmma.losses import kd_kl, multitask_ce
 from karmma.modalities import subset_index
 from karmma.models.karmma import KARMMA
@@ -26,16 +30,24 @@ class LogitDistillationTask(FrozenTeacherMixin, Task):
         alpha: float,
         temperature: float,
         cache: TeacherLogits | None = None,
+        unimodal: bool = False,
     ) -> None:
         super().__init__(student)
+        if unimodal and student.unimodal is None:
+            raise ConfigError(
+                "distill.unimodal distils the student's unimodal heads, which only exist with "
+                "model.unimodal_weight > 0; set it (e.g. 1.0) or distill.unimodal=false"
+            )
         self.teacher = teacher
         self.alpha, self.temperature = alpha, temperature
         self.cache = cache
+        self.unimodal = unimodal
         self.freeze_teacher()
 
     @classmethod
     def from_config(cls, student: KARMMA, teacher: KARMMA, cfg, cache=None) -> LogitDistillationTask:
-        return cls(student, teacher, cfg.distill.alpha, cfg.distill.temperature, cache)
+        d = cfg.distill
+        return cls(student, teacher, d.alpha, d.temperature, cache, d.unimodal)
 
     def teacher_logits(self, batch: Batch, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.cache is not None:
@@ -43,8 +55,17 @@ class LogitDistillationTask(FrozenTeacherMixin, Task):
         with torch.no_grad():
             return self.teacher(batch.teacher_tokens, mask)  # the same mask as the student's
 
+    def single_modality_logits(self, batch: Batch, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The teacher's ``{task: (B, M, C)}`` logits with each modality alone (only the mask's
+        present pairs are used)."""
+        singles = torch.eye(mask.shape[1], dtype=torch.bool, device=mask.device)
+        outs = [self.teacher_logits(batch, row.expand_as(mask)) for row in singles]
+        return {k: torch.stack([o[k] for o in outs], dim=1) for k in outs[0]}
+
     def forward(self, batch: Batch, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits, aux = self.run_model(batch, mask)
+        singles = (lambda: self.single_modality_logits(batch, mask)) if self.unimodal else None
+        logits, aux = self.run_model(batch, mask, unimodal_teacher=singles, alpha=self.alpha,
+                                     temperature=self.temperature)  # fmt: skip
         ce = multitask_ce(logits, batch.labels)
         t_logits = self.teacher_logits(batch, mask)
         kd = torch.stack([kd_kl(logits[k], t_logits[k], self.temperature) for k in logits]).mean()

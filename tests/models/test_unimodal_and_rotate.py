@@ -80,7 +80,7 @@ def test_unimodal_ce_averages_over_present_sample_modality_pairs_only():
     assert unimodal_ce(logits, labels, torch.zeros(3, 2, dtype=torch.bool)).item() == 0.0
 
 
-def test_unimodal_heads_are_training_only(specs, tasks):
+def test_unimodal_heads_are_training_only_by_default(specs, tasks):
     model = KARMMA(specs, tasks, tiny_model_cfg(unimodal_weight=1.0)).eval()
     tokens, present = random_batch(specs, 5)
     logits, unimodal = model(tokens, present, with_unimodal=True)
@@ -119,3 +119,57 @@ def test_unimodal_loss_is_learned_by_teacher_and_distilled_student_through_the_c
     rc, _, err = cli(capsys, "export", tmp_path / "s", "--out", tmp_path / "s.onnx")
     assert rc == 0, err
     assert (tmp_path / "s.onnx").stat().st_size > 10_000
+
+
+def test_unimodal_ensemble_late_fuses_the_present_modalities_heads_at_inference_only(specs, tasks):
+    """``model.unimodal_ensemble=w``: outside training the output is (log softmax(fused) + w * the
+    mean over present modalities of the unimodal heads' log softmax) / (1 + w); training, the fused
+    logits; an absent modality's head has no effect; its parameters count in the cost."""
+    plain = KARMMA(specs, tasks, tiny_model_cfg(unimodal_weight=1.0, dropout=0.2))
+    fused = KARMMA(specs, tasks, tiny_model_cfg(unimodal_weight=1.0, dropout=0.2, unimodal_ensemble=2.0))
+    fused.load_state_dict(plain.state_dict())
+    tokens, present = random_batch(specs, 6)
+    present[:3, 0] = False  # half the batch lacks the first modality
+    plain.eval(), fused.eval()
+    logits, unimodal = plain(tokens, present, with_unimodal=True)
+    out = fused(tokens, present)
+    for t in tasks:
+        uni = unimodal[t].log_softmax(-1)
+        for b in range(6):
+            want = (logits[t][b].log_softmax(-1) + 2.0 * uni[b][present[b]].mean(0)) / 3.0
+            assert torch.allclose(out[t][b], want, atol=1e-5)
+    assert not torch.allclose(out["verb"], logits["verb"])
+    with torch.no_grad():
+        for p in fused.unimodal[0].parameters():
+            p.add_(1.0)
+    after = fused(tokens, present)
+    assert torch.allclose(after["verb"][:3], out["verb"][:3], atol=1e-6)  # absent there: no effect
+    assert not torch.allclose(after["verb"][3:], out["verb"][3:])
+    fused.load_state_dict(plain.state_dict())
+    plain.train(), fused.train()
+    torch.manual_seed(0)
+    a = plain(tokens, present)
+    torch.manual_seed(0)
+    b = fused(tokens, present)
+    assert all(torch.equal(a[t], b[t]) for t in tasks)  # training fits the fused logits
+    names = tuple(s.name for s in specs)
+    heads = [sum(p.numel() for p in h.parameters()) for h in fused.unimodal]
+    assert count_params(fused, names) == count_params(plain, names) + sum(heads)
+    assert count_params(fused, names[1:]) == count_params(plain, names[1:]) + sum(heads[1:])
+
+
+def test_unimodal_ensemble_needs_the_unimodal_heads():
+    with pytest.raises(ConfigError, match="model.unimodal_weight > 0"):
+        ModelConfig(unimodal_ensemble=1.0).validate()
+    with pytest.raises(ConfigError, match="unimodal_ensemble"):
+        ModelConfig(unimodal_weight=1.0, unimodal_ensemble=float("nan")).validate()
+
+
+def test_unimodal_ensemble_model_exports_to_onnx_and_matches_on_every_subset(tmp_path, specs, tasks):
+    from karmma.checkpoint import model_metadata
+    from karmma.export import export_onnx, verify_onnx
+
+    model = KARMMA(specs, tasks, tiny_model_cfg(unimodal_weight=1.0, unimodal_ensemble=2.0, dropout=0.2))
+    path = export_onnx(model, model_metadata(model), tmp_path / "m.onnx")
+    report = verify_onnx(model, path)
+    assert len(report["max_abs_diff"]) == 7 and report["ok"], report
