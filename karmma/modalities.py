@@ -8,6 +8,7 @@ metrics, evaluation) takes that mask rather than guessing presence from the feat
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -113,3 +114,12 @@ def check_mask(mask: torch.Tensor, sample_ids: list[str] | None = None) -> None:
             f"sample(s) {which[:5]} have no modality present; every sample needs at least one "
             "modality (drop such samples from the split, or supply one of its modalities)"
         )
+
+
+def check_named_modalities(named: Iterable[str], specs: Sequence[ModalitySpec], key: str) -> None:
+    """A per-modality setting of the config (``key``, e.g. ``model.swap``) names only modalities the
+    data has; else a :class:`~karmma.errors.ConfigError` that lists both."""
+    have = sorted(s.name for s in specs)
+    unknown = sorted(set(named) - set(have))
+    if unknown:
+        raise ConfigError(f"{key} names modality {unknown}; the data has {have}")

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from karmma.modalities import ModalitySpec
+from karmma.modalities import ModalitySpec, check_named_modalities
 from karmma.registry import Registry
 
 ENCODERS = Registry("modality encoder")
@@ -94,11 +94,7 @@ class _Conv1d(nn.Module):
 
 def build_encoders(specs: list[ModalitySpec], names: dict[str, str], cfg) -> nn.ModuleList:
     """One encoder per modality (``identity`` where ``names`` has none)."""
-    from karmma.errors import ConfigError
-
-    unknown = sorted(set(names) - {s.name for s in specs})
-    if unknown:
-        raise ConfigError(f"model.encoders names modality {unknown}; the data has {[s.name for s in specs]}")
+    check_named_modalities(names, specs, "model.encoders")
     return nn.ModuleList(ENCODERS.get(names.get(s.name, "identity")).from_config(s, cfg) for s in specs)
 
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from karmma.config import ModelConfig
 from karmma.errors import DataError
-from karmma.modalities import ModalitySpec
+from karmma.modalities import ModalitySpec, check_named_modalities
 from karmma.models.augment import ModalitySwap, TokenAugment, VectorRotate
 from karmma.models.embedding import ModalityEmbedding
 from karmma.models.encoders import build_encoders
@@ -188,10 +188,9 @@ def _stack_tasks(per_modality: list[dict[str, torch.Tensor]]) -> dict[str, torch
 
 
 def _rotations(specs: Sequence[ModalitySpec], rotate: Mapping[str, list[float]]) -> nn.ModuleDict:
+    check_named_modalities(rotate, specs, "model.rotate")
     dims = {s.name: s.dim for s in specs}
     for name in rotate:
-        if name not in dims:
-            raise DataError(f"model.rotate names modality {name!r}; the data has {sorted(dims)}")
         if dims[name] % 3:
             raise DataError(
                 f"model.rotate.{name}: its tokens have {dims[name]} values, not a whole number of 3-vectors; "
@@ -202,11 +201,8 @@ def _rotations(specs: Sequence[ModalitySpec], rotate: Mapping[str, list[float]])
 
 def _per_modality(specs: Sequence[ModalitySpec], values: Mapping[str, float], key: str) -> list[float]:
     """``values`` by modality, in the model's modality order (0 where not named)."""
-    names = [s.name for s in specs]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise DataError(f"{key} names modality {unknown}; the data has {sorted(names)}")
-    return [float(values.get(n, 0.0)) for n in names]
+    check_named_modalities(values, specs, key)
+    return [float(values.get(s.name, 0.0)) for s in specs]
 
 
 def _init_linear(module: nn.Module) -> None:

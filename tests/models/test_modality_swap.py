@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from karmma.config import ModelConfig, load_config
-from karmma.errors import ConfigError, DataError
+from karmma.errors import ConfigError
 from karmma.modalities import ModalitySpec
 from karmma.models import KARMMA
 from karmma.models.augment import ModalitySwap
@@ -84,8 +84,13 @@ def test_swap_is_checked_against_the_config_and_the_data():
         ModelConfig(swap={"depth": 1.5}).validate()
     with pytest.raises(ConfigError, match=r"model.swap_min_present=0 must be >= 1"):
         ModelConfig(swap_min_present=0).validate()
-    with pytest.raises(DataError, match=r"model.swap names modality \['audio'\]; the data has \['depth', 'skeleton'\]"):
+    with pytest.raises(
+        ConfigError, match=r"model.swap names modality \['audio'\]; the data has \['depth', 'skeleton'\]"
+    ):
         KARMMA(specs, {"a": 3}, tiny_model_cfg(swap={"audio": 0.5}))
+    # One check for every per-modality setting (model.rotate, model.encoders, model.swap).
+    with pytest.raises(ConfigError, match=r"model.encoders names modality \['audio'\]; the data has"):
+        KARMMA(specs, {"a": 3}, tiny_model_cfg(encoders={"audio": "temporal_conv"}))
     with pytest.raises(ConfigError, match=r"model.swap.depth: expected float, got str 'lots'"):
         load_config(preset_path("utd_mhad_teacher"), ["model.swap={depth: lots}"])
     # The shipped choices (docs/utd_mhad.md); the demo presets do not swap.

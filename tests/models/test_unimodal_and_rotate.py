@@ -48,7 +48,9 @@ def test_rotate_is_checked_against_the_config_and_the_data():
         ModelConfig(rotate={"skeleton": [0.0, 1.0]}).validate()
     with pytest.raises(ConfigError, match=r"in \[0, pi\]"):
         ModelConfig(rotate={"skeleton": [0.0, 4.0, 0.0]}).validate()
-    with pytest.raises(DataError, match="names modality 'depth'"):
+    with pytest.raises(
+        ConfigError, match=r"model.rotate names modality \['depth'\]; the data has \['audio', 'skeleton'\]"
+    ):
         KARMMA(specs, {"a": 3}, tiny_model_cfg(rotate={"depth": [0.0, 1.0, 0.0]}))
     with pytest.raises(DataError, match=r"model.rotate.audio: its tokens have 4 values, not a whole number"):
         KARMMA(specs, {"a": 3}, tiny_model_cfg(rotate={"audio": [0.0, 1.0, 0.0]}))
