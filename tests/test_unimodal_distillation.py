@@ -5,6 +5,7 @@ through the CLI."""
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from karmma.checkpoint import load_model
@@ -94,3 +95,20 @@ def test_shipped_presets_late_fuse_and_distil_the_unimodal_heads_on_utd_mhad_onl
     assert student.distill.unimodal
     demo = load_config(preset_path("demo_student"))
     assert demo.model.unimodal_ensemble == 0.0 and not demo.distill.unimodal
+
+
+def test_feature_kd_learns_from_the_late_fused_teacher_and_refuses_unimodal(tmp_path):
+    from karmma.errors import ConfigError
+    from karmma.tasks.feature_distillation import FeatureDistillationTask
+
+    teacher, student, data = _teacher_and_student(tmp_path)
+    task = FeatureDistillationTask(student, teacher, alpha=0.3, temperature=2.0, beta=1.0).train()
+    b = data.get_batch(np.arange(12))
+    out = task(b, b.present)
+    fused = teacher.eval()(b.teacher_tokens, b.present)  # late-fused (unimodal_ensemble=1.0)
+    kd = torch.stack([kd_kl(out["output"][k], fused[k], 2.0) for k in fused]).mean()
+    assert torch.allclose(out["kd"], kd, atol=1e-5)
+    cfg = tiny_experiment(feature_set="student")
+    cfg.distill.task, cfg.distill.unimodal = "feature_kd", True
+    with pytest.raises(ConfigError, match="distill.unimodal works with distill.task=logit_kd"):
+        FeatureDistillationTask.from_config(student, teacher, cfg)

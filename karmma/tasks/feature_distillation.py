@@ -44,13 +44,15 @@ class FeatureDistillationTask(LogitDistillationTask):
                 "distill.task=feature_kd runs the teacher live (it needs its features): "
                 "set distill.cache_teacher_logits=false"
             )
+        if cfg.distill.unimodal:
+            raise ConfigError("distill.unimodal works with distill.task=logit_kd; set distill.unimodal=false")
         return cls(student, teacher, cfg.distill.alpha, cfg.distill.temperature, cfg.distill.beta)
 
     def forward(self, batch: Batch, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         logits, s_readers, aux = self.run_model(batch, mask, with_features=True)
         with torch.no_grad():
-            t_readers = self.teacher.forward_features(batch.teacher_tokens, mask)
-            t_logits = self.teacher.forward_head(t_readers, mask)
+            # the teacher's output as it predicts (late-fused where model.unimodal_ensemble > 0)
+            t_logits, t_readers = self.teacher(batch.teacher_tokens, mask, with_features=True)
             t_readers = F.layer_norm(t_readers, t_readers.shape[-1:])
         ce = multitask_ce(logits, batch.labels)
         kd = torch.stack([kd_kl(logits[k], t_logits[k], self.temperature) for k in logits]).mean()
