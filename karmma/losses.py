@@ -65,16 +65,17 @@ def unimodal_ce(
 def unimodal_kd(
     unimodal: Mapping[str, torch.Tensor], teacher: Mapping[str, torch.Tensor], present: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """``T^2 * KL(softmax(t/T) || softmax(s/T))`` between the unimodal heads' ``{task: (B, M, C)}``
-    logits and the teacher's ``{task: (B, M, C)}`` (modality m's: its prediction from m alone),
-    averaged over the present (sample, modality) pairs and over the tasks; 0 with none."""
-    keep = present.reshape(-1).float()
+    """:func:`kd_kl` between the unimodal heads' ``{task: (B, M, C)}`` logits and the teacher's
+    ``{task: (B, M, C)}`` (modality m's: its prediction from m alone), over the present (sample,
+    modality) pairs, averaged over the tasks; 0 with none."""
+    keep = present.reshape(-1).bool()
     losses = []
     for k, logits in unimodal.items():
-        log_p_s = F.log_softmax(logits.reshape(-1, logits.shape[-1]).float() / temperature, dim=-1)
-        log_p_t = F.log_softmax(teacher[k].reshape(-1, logits.shape[-1]).detach().float() / temperature, dim=-1)
-        kl = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(-1)
-        losses.append((kl * keep).sum() / keep.sum().clamp_min(1) * temperature**2)
+        if not keep.any():
+            losses.append(logits.sum() * 0.0)
+            continue
+        flat = logits.reshape(-1, logits.shape[-1])
+        losses.append(kd_kl(flat[keep], teacher[k].reshape(flat.shape)[keep], temperature))
     return torch.stack(losses).mean()
 
 

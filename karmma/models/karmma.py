@@ -162,10 +162,11 @@ def late_fusion(
     per task (``model.unimodal_ensemble`` = w): a weighted geometric mean of the fused expert's and
     the present sensors' own probabilities, kept at the scale of log-probabilities (what a
     temperature-softened distillation target assumes)."""
+    keep = present[..., None].to(next(iter(fused.values())).dtype)  # (B, M, 1)
+    count = keep.sum(1).clamp_min(1.0)
     out = {}
     for task, f in fused.items():
-        keep = present.to(f.dtype)[..., None]  # (B, M, 1)
-        uni = (unimodal[task].log_softmax(-1) * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+        uni = (unimodal[task].log_softmax(-1) * keep).sum(1) / count
         out[task] = (f.log_softmax(-1) + weight * uni) / (1.0 + weight)
     return out
 

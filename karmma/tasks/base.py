@@ -11,8 +11,6 @@ and logs the per-epoch mean of every component.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -70,15 +68,15 @@ class Task(nn.Module):
         mask: torch.Tensor,
         with_features: bool = False,
         label_smoothing: float = 0.0,
-        unimodal_teacher: Callable[[], dict[str, torch.Tensor]] | None = None,
+        unimodal_teacher: dict[str, torch.Tensor] | None = None,
         alpha: float = 1.0,
         temperature: float = 1.0,
     ):
         """The model's ``(logits, [readers,] extra)``: ``extra`` holds the weighted unimodal auxiliary
         loss under ``"loss"`` and its value under ``"unimodal"`` when ``model.unimodal_weight`` > 0
         (an empty dict otherwise) — add ``extra["loss"]`` to the task's loss. With
-        ``unimodal_teacher`` (called only then: the teacher's ``{task: (B, M, C)}`` single-modality
-        logits) that loss is ``alpha * CE + (1 - alpha) * T^2 * KL`` per unimodal head."""
+        ``unimodal_teacher`` (the teacher's ``{task: (B, M, C)}`` single-modality logits) that loss
+        is ``alpha * CE + (1 - alpha) * T^2 * KL`` per unimodal head."""
         weight = self.model.cfg.unimodal_weight
         flags = {k: True for k, on in (("with_features", with_features), ("with_unimodal", weight > 0)) if on}
         out = self.part("model")(batch.tokens, mask, **flags)
@@ -86,7 +84,7 @@ class Task(nn.Module):
             return (*out, {}) if with_features else (out, {})
         aux = unimodal_ce(out[-1], batch.labels, mask, label_smoothing)
         if unimodal_teacher is not None:
-            aux = alpha * aux + (1.0 - alpha) * unimodal_kd(out[-1], unimodal_teacher(), mask, temperature)
+            aux = alpha * aux + (1.0 - alpha) * unimodal_kd(out[-1], unimodal_teacher, mask, temperature)
         return (*out[:-1], {"loss": weight * aux, "unimodal": aux.detach()})
 
 

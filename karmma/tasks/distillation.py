@@ -63,7 +63,8 @@ class LogitDistillationTask(FrozenTeacherMixin, Task):
         return {k: torch.stack([o[k] for o in outs], dim=1) for k in outs[0]}
 
     def forward(self, batch: Batch, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        singles = (lambda: self.single_modality_logits(batch, mask)) if self.unimodal else None
+        # the constructor checked that the student has unimodal heads, so the teacher's are used
+        singles = self.single_modality_logits(batch, mask) if self.unimodal else None
         logits, aux = self.run_model(batch, mask, unimodal_teacher=singles, alpha=self.alpha,
                                      temperature=self.temperature)  # fmt: skip
         ce = multitask_ce(logits, batch.labels)
