@@ -54,6 +54,7 @@ class ModelConfig:
     encoder_width: int = 0  # width of trainable encoders (0: the fusion width, model.dim)
     encoder_layers: int = 2
     encoder_tokens: int = 0  # tokens a trainable encoder pools its modality to (0: keep them all)
+    image_encoder_width: int = 16  # paper-unknown default: first-block channels of image encoders (motion_map_cnn)
     # Train-time augmentation of the standardised inputs (karmma.models.augment); 0 = off.
     time_warp: float = 0.0  # random speed 1 +- w and shift, per sample
     input_noise: float = 0.0  # Gaussian noise std

@@ -28,8 +28,17 @@ def test_utd_mhad_benchmark_on_a_tiny_tree(tmp_path, capsys):
     assert paired["subsets"]["of"] == 15 and paired["sensor_dropout"]["of"] == 10
     cost = summary["cost"]
     full = "depth+flow+inertial+skeleton"
-    assert cost["models"]["teacher"][full]["extractor_images"] == 24
-    assert cost["models"]["teacher"]["inertial"]["extractor_images"] == 0  # no backbone for a signal
+    # Backbone images per clip: the 8 flow segments; depth motion maps go to the model's CNN, and
+    # a raw signal needs no backbone.
+    assert cost["models"]["teacher"][full]["extractor_images"] == 8
+    assert cost["models"]["teacher"]["depth"]["extractor_images"] == 0
+    assert cost["models"]["teacher"]["inertial"]["extractor_images"] == 0
+    assert cost["models"]["teacher"]["depth"]["model_flops"] > cost["models"]["teacher"]["inertial"]["model_flops"]
+    from karmma.data.store import open_store
+
+    for size in ("teacher", "student"):
+        specs = {s.name: (s.num_tokens, s.dim) for s in open_store(tmp_path / "bench/features/test.h5", size).specs}
+        assert specs["depth"] == (3, 3 * 32 * 32) and specs["flow"] == (8, 1280), specs
     assert cost["student_vs_teacher"]["flops"] < 0.5
     assert "student − baseline-md" in out and "GFLOPs (all)" in out
     assert (tmp_path / "bench" / "sensor_dropout.png").stat().st_size > 1000

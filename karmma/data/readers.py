@@ -38,7 +38,8 @@ SPLITS = ("all", "train", "test")
 
 @dataclass(frozen=True)
 class Kind:
-    """What a raw modality is: ``frames`` (T, H, W[, C]), ``flow`` (T, H, W, 3: u, v, magnitude),
+    """What a raw modality is: ``frames`` (T, H, W[, C]), ``depth`` (T, H, W depth frames: depth motion
+    maps with ``--encoder efficientnet``, frames otherwise), ``flow`` (T, H, W, 3: u, v, magnitude),
     ``signal`` (T, C) or ``skeleton`` (T, C joint coordinates)."""
 
     kind: str

@@ -117,7 +117,7 @@ def load_modality(path: str | Path, modality: str) -> np.ndarray:
     return x
 
 
-DEPTH_SIZE = (60, 80)  # depth frames are resized to this (H, W) before pooling and flow
+DEPTH_SIZE = (60, 80)  # depth frames are resized to this (H, W) for the optical flow
 DEPTH_SCALE = 4000.0  # mm -> roughly [0, 1]
 GYRO_SCALE = 200.0  # deg/s -> roughly [-1, 1]
 
@@ -128,7 +128,7 @@ class UTDMHADReader(DatasetReader):
     cross-subject split (odd subjects train, even test), subjects as groups."""
 
     modalities = {
-        "depth": Kind("frames", 1),
+        "depth": Kind("depth", 1),
         "flow": Kind("flow", 3),
         "inertial": Kind("signal", 6),
         "skeleton": Kind("skeleton", 60),
@@ -162,8 +162,8 @@ class UTDMHADReader(DatasetReader):
                 h, w = DEPTH_SIZE
                 frames = np.stack([cv2.resize(depth[:, :, t].astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
                                    for t in range(depth.shape[2])])  # fmt: skip
-                if "depth" in modalities:
-                    out["depth"] = frames / DEPTH_SCALE
+                if "depth" in modalities:  # full resolution: the depth motion maps' side and top views need it
+                    out["depth"] = np.ascontiguousarray(depth.transpose(2, 0, 1), dtype=np.float32) / DEPTH_SCALE
                 if "flow" in modalities:
                     out["flow"] = flow_with_magnitude(to_uint8(frames), scale=2.0)
         if "inertial" in modalities:

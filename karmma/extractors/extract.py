@@ -37,7 +37,7 @@ def pool_encoder(kind: Kind, size: str) -> Encoder:
     """Parameter-free encoders: the teacher's see a finer grid / richer statistics."""
     teacher = size == "teacher"
     c = kind.channels
-    if kind.kind == "frames":
+    if kind.kind in ("frames", "depth"):
         return PoolFrames(NUM_TOKENS, (8, 8) if teacher else (4, 4), c)
     if kind.kind == "flow":
         return PoolFrames(NUM_TOKENS, (6, 8) if teacher else (3, 4), c, motion=False)
@@ -49,7 +49,7 @@ def pool_encoder(kind: Kind, size: str) -> Encoder:
             if teacher
             else PoolSignal(NUM_TOKENS, c, rich=False)
         )
-    raise DataError(f"no encoder for modality kind {kind.kind!r}; kinds: frames, flow, signal, skeleton")
+    raise DataError(f"no encoder for modality kind {kind.kind!r}; kinds: frames, depth, flow, signal, skeleton")
 
 
 def pool_encoders(reader: DatasetReader, modalities: tuple[str, ...]) -> dict[str, dict[str, Encoder]]:
@@ -72,15 +72,18 @@ def backbone_encoder(kind: Kind, size: str) -> Encoder:
     """Frozen ImageNet backbones for images (EfficientNet-Lite2 teacher, Lite0 student); raw
     resampled signals for the model's trainable 1-D encoders."""
     from karmma.extractors.backbone import BACKBONES, SIGNAL_STEPS, BackboneFlow, BackboneFrames, Resampled
+    from karmma.extractors.motion_maps import DepthMotionMaps
 
     variant, resolution = BACKBONES[size]
+    if kind.kind == "depth":  # depth motion maps for the model's trainable motion_map_cnn
+        return DepthMotionMaps()
     if kind.kind == "frames":
         return BackboneFrames(NUM_TOKENS, variant, resolution)
     if kind.kind == "flow":
         return BackboneFlow(NUM_TOKENS, variant, resolution)
     if kind.kind in ("signal", "skeleton"):
         return Resampled(SIGNAL_STEPS, kind.channels, velocity=kind.kind == "skeleton")
-    raise DataError(f"no encoder for modality kind {kind.kind!r}; kinds: frames, flow, signal, skeleton")
+    raise DataError(f"no encoder for modality kind {kind.kind!r}; kinds: frames, depth, flow, signal, skeleton")
 
 
 ENCODER_FAMILIES = ("pool", "efficientnet", "cnn")

@@ -5,7 +5,10 @@ features go straight to the embedding). An encoder takes the standardised stored
 (B, N, D) of one modality — zeros where the modality is absent; raw, unstandardised values when
 it sets ``standardize_inputs = False`` — and returns (B, N', D'), which :meth:`out_spec`
 declares so that the embedding is sized for it. A registered encoder is built
-with ``from_config(spec, cfg)``; its ``__init__`` takes plain arguments.
+with ``from_config(spec, cfg)``; its ``__init__`` takes plain arguments. Two more opt-outs: an
+encoder with ``token_augment = False`` gets its tokens without ``model.time_warp`` and
+``model.input_noise`` (images, not sequences); one with ``takes_presence = True`` is called as
+``encoder(x, present)`` with the modality's (B,) presence.
 """
 
 from __future__ import annotations

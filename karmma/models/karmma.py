@@ -98,7 +98,9 @@ class KARMMA(nn.Module):
             if self.specs[m].name in self.rotate:  # a no-op outside training
                 x = self.rotate[self.specs[m].name](x)
             x = self.embed.standardize(m, x, keep, getattr(enc, "standardize_inputs", True))
-            out.append(enc(torch.where(keep, self.augment(x), x)))
+            if getattr(enc, "token_augment", True):
+                x = torch.where(keep, self.augment(x), x)
+            out.append(enc(x, present[:, m]) if getattr(enc, "takes_presence", False) else enc(x))
         return out
 
     def forward_features(

@@ -6,6 +6,7 @@ from karmma.errors import ConfigError
 from karmma.models.encoders import ENCODERS
 from karmma.models.fusion import FUSION
 from karmma.models.missing import MISSING
+from karmma.models.motion_maps import MotionMapCNN  # noqa: F401  (registers motion_map_cnn)
 
 
 def check_model_names(cfg) -> None:

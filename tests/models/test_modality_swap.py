@@ -94,6 +94,6 @@ def test_swap_is_checked_against_the_config_and_the_data():
     with pytest.raises(ConfigError, match=r"model.swap.depth: expected float, got str 'lots'"):
         load_config(preset_path("utd_mhad_teacher"), ["model.swap={depth: lots}"])
     # The shipped choices (docs/utd_mhad.md); the demo presets do not swap.
-    assert load_config(preset_path("utd_mhad_teacher")).model.swap == {"depth": 0.5, "flow": 0.5}
-    assert load_config(preset_path("utd_mhad_student")).model.swap == {"depth": 0.25, "flow": 0.25}
+    assert load_config(preset_path("utd_mhad_teacher")).model.swap == {"flow": 0.5}
+    assert load_config(preset_path("utd_mhad_student")).model.swap == {"flow": 0.25}
     assert load_config(preset_path("demo_student")).model.swap == {}
