@@ -54,15 +54,15 @@ class MotionMapCNN(ModalityEncoder):
         return cls(spec, width=cfg.image_encoder_width)
 
     def forward(self, x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        b, v, _ = x.shape
-        out = x.new_zeros(b, 1, self.spec.dim)
-        exporting = torch.onnx.is_in_onnx_export()
+        out = x.new_zeros(x.shape[0], 1, self.spec.dim)
         if self.training:
             rows = present.nonzero().squeeze(1)
             if len(rows):
-                out = out.index_copy(0, rows, self._encode(_jitter(x[rows], self.channels, self.side)))
-            return out
-        if not exporting and not bool(present.any()):
+                return out.index_copy(0, rows, self._encode(_jitter(x[rows], self.channels, self.side)))
+            # No sample has the modality: every parameter still joins the graph (with zero
+            # gradient), as DDP expects of each step.
+            return out + 0.0 * sum(p.sum() for p in self.parameters())
+        if not torch.onnx.is_in_onnx_export() and not bool(present.any()):
             return out
         return torch.where(present[:, None, None], self._encode(x), out)
 

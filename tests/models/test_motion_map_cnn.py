@@ -56,6 +56,16 @@ def test_training_batch_norm_never_sees_absent_samples():
     assert a.cnn[0][0].weight.grad.abs().sum() > 0
 
 
+def test_a_training_batch_without_the_modality_gives_zeros_and_zero_gradients():
+    enc = MotionMapCNN(SPEC, width=4).train()
+    before = enc.cnn[0][1].running_mean.clone()
+    out = enc(images(2), torch.tensor([False, False]))
+    assert not out.any()
+    out.sum().backward()  # every parameter is in the graph (DDP needs that), with zero gradient
+    assert all(p.grad is not None and not p.grad.any() for p in enc.parameters())
+    assert torch.equal(enc.cnn[0][1].running_mean, before)
+
+
 def test_tokens_that_are_not_images_name_the_modality():
     with pytest.raises(ConfigError, match=r"'depth'.*not 3 x S x S images"):
         MotionMapCNN(ModalitySpec("depth", 8, 2560))
