@@ -158,14 +158,14 @@ class UTDMHADReader(DatasetReader):
 
         if "depth" in modalities or "flow" in modalities:
             depth = load("depth")
-            if depth is not None:
+            if depth is not None and "depth" in modalities:
+                # full resolution: the depth motion maps' side and top views need it
+                out["depth"] = np.ascontiguousarray(depth.transpose(2, 0, 1), dtype=np.float32) / DEPTH_SCALE
+            if depth is not None and "flow" in modalities:
                 h, w = DEPTH_SIZE
                 frames = np.stack([cv2.resize(depth[:, :, t].astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
                                    for t in range(depth.shape[2])])  # fmt: skip
-                if "depth" in modalities:  # full resolution: the depth motion maps' side and top views need it
-                    out["depth"] = np.ascontiguousarray(depth.transpose(2, 0, 1), dtype=np.float32) / DEPTH_SCALE
-                if "flow" in modalities:
-                    out["flow"] = flow_with_magnitude(to_uint8(frames), scale=2.0)
+                out["flow"] = flow_with_magnitude(to_uint8(frames), scale=2.0)
         if "inertial" in modalities:
             x = load("inertial")
             if x is not None:
