@@ -1,8 +1,8 @@
 """The UTD-MHAD benchmark (real data, cross-subject; Chen, Jafari & Kehtarnavaz, ICIP 2015).
 
-1. Extract once (resumable): depth and flow-on-depth through frozen ImageNet EfficientNet-Lite
-   backbones (Lite2 teacher, Lite0 student), inertial and skeleton as raw resampled signals for
-   the models' trainable encoders.
+1. Extract once (resumable): three-view depth motion maps (for the models' CNN), flow-on-depth
+   images through frozen ImageNet EfficientNet-Lite backbones (Lite2 teacher, Lite0 student),
+   inertial and skeleton as raw resampled signals for the models' trainable encoders.
 2. Split: odd subjects train, even subjects test. One training subject (``val_subject``, default
    7) is held out as the validation split; every choice is made there. The test split is read once
    per model, for the report.
@@ -11,7 +11,8 @@
    dropout. Teacher -> student and the two baselines train side by side in two processes where
    the machine has 2 cores or more (``lanes``, :mod:`karmma.lanes`).
 4. ``summary.json``: per model, subset and dropout rate the mean, std and per-seed values; the
-   paired student - baseline-md differences; the full-pipeline cost table. ``report.md``: tables.
+   paired student - baseline-md differences; the full-pipeline cost table; per seed, each model's
+   late-fusion weights where it fitted them (``model.fusion_weights``). ``report.md``: tables.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def run_utd_mhad_benchmark(
         sets += [f"optim.epochs={epochs}"] if epochs is not None else []
         results, tasks, dirs = run_comparison("utd_mhad_teacher", "utd_mhad_student", out / f"seed{seed}", sets,
                                               repeats, progress, eval_store=feats["test"], lanes=lanes)  # fmt: skip
+        results["fusion_weights"] = {k: _fitted_weights(d) for k, d in dirs.items()}
         per_seed.append(results)
     t_train = time.perf_counter() - t0 - t_extract
     metric = main_metric(tasks)
@@ -94,14 +96,15 @@ def run_utd_mhad_benchmark(
     }
     cost = pipeline_cost_table(pipelines)
     n_test = int(list(per_seed[0]["models"]["teacher"]["subsets"].values())[-1]["count"])
-    md = "\n\n".join([
+    md = "\n\n".join(part for part in [
         f"UTD-MHAD cross-subject: train odd subjects except s{val_subject} (validation), test even subjects "
         f"({n_test} clips, read once per model); seeds {list(seeds)}",
         format_summary(summary, metric),
         format_pipeline_cost(cost),
+        format_fusion_weights(per_seed),
         f"extraction {t_extract:.0f} s, training and evaluation {t_train:.0f} s, "
         f"total {time.perf_counter() - t0:.0f} s",
-    ])  # fmt: skip
+    ] if part)  # fmt: skip
     (out / "report.md").write_text(md + "\n")
     plot_means(summary, metric, out)
     full = {"protocol": {"val_subject": val_subject, "seeds": list(seeds), "metric": metric, "test_clips": n_test,
@@ -110,3 +113,23 @@ def run_utd_mhad_benchmark(
             "seconds": {"extraction": t_extract, "training_and_evaluation": t_train}}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(full, indent=2))
     return {**full, "markdown": md}
+
+
+def _fitted_weights(run_dir: Path) -> dict[str, float]:
+    meta = json.loads((run_dir / "final" / "model.json").read_text())  # (written with sorted keys)
+    weights = meta.get("fusion_weights", {})
+    return {k: weights[k] for k in ["fused", *(s["name"] for s in meta["specs"])] if k in weights}
+
+
+def format_fusion_weights(per_seed: list[dict]) -> str:
+    """Markdown: each model's fitted late-fusion weights, mean over seeds ("" where none fitted)."""
+    models = {k: [r["fusion_weights"][k] for r in per_seed] for k in per_seed[0].get("fusion_weights", {})}
+    models = {k: v for k, v in models.items() if all(v)}
+    if not models:
+        return ""
+    names = list(next(iter(models.values()))[0])
+    lines = ["| late-fusion weights fitted on the validation subject (mean over seeds) | " + " | ".join(names) + " |",
+             "|---|" + "---:|" * len(names)]  # fmt: skip
+    for k, v in models.items():
+        lines.append(f"| {k} | " + " | ".join(f"{np.mean([w[n] for w in v]):.2f}" for n in names) + " |")
+    return "\n".join(lines)

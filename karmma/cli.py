@@ -43,9 +43,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     res = run_train(cfg, args.run_dir, resume=not args.no_resume, progress=_progress(args))
     if info.is_main:
         print(json.dumps(res.history[-1] if res.history else {}, indent=2))
+        _print_fusion_weights(res.fusion_weights)
         print(f"model: {Path(args.run_dir) / 'final'}")
     distributed.shutdown()
     return 0
+
+
+def _print_fusion_weights(weights: dict[str, float]) -> None:
+    if weights:
+        named = ", ".join(f"{k} {v:.3g}" for k, v in weights.items())
+        print(f"late-fusion weights fitted on the validation split: {named}")
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -67,6 +74,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         print()
     if info.is_main:
         print(json.dumps(res.history[-1] if res.history else {}, indent=2))
+        _print_fusion_weights(res.fusion_weights)
         print(f"student: {Path(args.run_dir) / 'final'}")
     distributed.shutdown()
     return 0

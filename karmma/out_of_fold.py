@@ -69,6 +69,8 @@ def out_of_fold_logits(
 
     fold = fold_of(data.ids, folds, group_pattern, data.teacher.source)
     cfg = from_dict(ExperimentConfig, {**teacher_cfg.to_dict(), "seed": seed}, "teacher config")
+    # A fold teacher has no validation split to fit late-fusion weights on: it fuses with equal shares.
+    cfg.model.fusion_weights = "equal"
     arrays: dict[str, torch.Tensor] = {}
     for k in range(folds):
         held, rest = np.flatnonzero(fold == k), np.flatnonzero(fold != k)

@@ -121,6 +121,12 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _config_defaults() -> dict[str, Any]:
+    from karmma.config import ExperimentConfig
+
+    return _flatten(json.loads(json.dumps(ExperimentConfig().to_dict())))
+
+
 def check_resume(run_dir: Path, new: dict[str, Any]) -> None:
     """Refuse to resume ``run_dir`` when its recorded fingerprint differs from ``new``."""
     path = run_dir / FINGERPRINT_FILE
@@ -132,6 +138,8 @@ def check_resume(run_dir: Path, new: dict[str, Any]) -> None:
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is corrupt ({e}); pass --no-resume to start over") from e
     a, b = _flatten(old.get("config", {})), _flatten(new["config"])
+    # A key the run's karmma version did not have yet is no change when it is at its default.
+    a.update({k: v for k, v in _config_defaults().items() if k not in a and b.get(k) == v})
     changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUME_FREE_KEYS)
     if a.get("optim.epochs") != b.get("optim.epochs"):
         log.warning(

@@ -41,6 +41,11 @@ def test_utd_mhad_benchmark_on_a_tiny_tree(tmp_path, capsys):
         assert specs["depth"] == (3, 3 * 32 * 32) and specs["flow"] == (8, 1280), specs
     assert cost["student_vs_teacher"]["flops"] < 0.5
     assert "student − baseline-md" in out and "GFLOPs (all)" in out
+    # The presets fit their late-fusion weights on the validation subject; the report shows them.
+    weights = summary["per_seed"][1]["fusion_weights"]
+    assert set(weights) == {"teacher", "student", "baseline-ce", "baseline-md"}
+    assert list(weights["student"]) == ["fused", "depth", "flow", "inertial", "skeleton"]
+    assert "late-fusion weights fitted on the validation subject" in out
     assert (tmp_path / "bench" / "sensor_dropout.png").stat().st_size > 1000
     # The validation subject never reaches training; test clips are only evaluated.
     fit = json.loads((tmp_path / "bench" / "seed0" / "teacher" / "config.json").read_text())["data"]

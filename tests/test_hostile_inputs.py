@@ -15,8 +15,8 @@ import karmma.checkpoint
 from karmma.checkpoint import latest_checkpoint
 from karmma.data.store import FeatureStoreWriter, open_store, write_store
 from karmma.data.synthetic import generate, specs
-from karmma.errors import DataError
-from karmma.rundir import RunLock
+from karmma.errors import CheckpointError, DataError
+from karmma.rundir import RunLock, check_resume
 from tests.hostile import QUICK, SMALL, cli, corrupt_chunk, renamed, store_args, synthetic_store
 
 # What safetensors raises when the disk is full.
@@ -106,6 +106,17 @@ def test_resume_refuses_other_data_or_config(tmp_path, capsys):
     config_before = (tmp_path / "r" / "config.json").read_text()
     rc, _, err = cli(capsys, *args, "--set", "optim.lr=0.01")
     assert rc == 2 and "other config keys ['optim.lr']" in err and "--no-resume" in err
+    fp = json.loads((tmp_path / "r" / "fingerprint.json").read_text())
+    del fp["config"]["model"]["fusion_weights"]  # as an older karmma wrote it, before the key existed
+    (tmp_path / "r" / "fingerprint.json").write_text(json.dumps(fp))
+    assert cli(capsys, *args)[0] == 0  # the new key at its default: no change
+    rc, _, err = cli(capsys, *args, "--set", "model.unimodal_weight=1", "--set", "model.unimodal_ensemble=1",
+                     "--set", "model.fusion_weights=validation")  # fmt: skip
+    assert rc == 2 and "has none: give data.val" in err and "model.fusion_weights=equal" in err  # before training
+    new = json.loads((tmp_path / "r" / "fingerprint.json").read_text())
+    new["config"]["model"]["fusion_weights"] = "validation"  # the new key at another value: a change
+    with pytest.raises(CheckpointError, match=r"other config keys \['model.fusion_weights'\]"):
+        check_resume(tmp_path / "r", new)
     train.unlink()
     synthetic_store(train, "train", seed=2)  # other samples at the same path
     rc, _, err = cli(capsys, *args)

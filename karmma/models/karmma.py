@@ -5,7 +5,8 @@
       -> [CLS] + tokens -> fusion block
       -> readers: [CLS] output and each modality's mean output token     (forward_features)
       -> MultiTaskHead -> {task: logits}, averaged over readers            (forward_head)
-      -> [inference, model.unimodal_ensemble: late fusion with the present modalities' unimodal heads]
+      -> [inference, model.unimodal_ensemble: late fusion with the present modalities' unimodal heads,
+          equal shares or weights fitted on the validation split (model.fusion_weights)]
 
 The fusion block, the missing-modality strategy and the per-modality encoders are objects: pass
 your own, or let ``cfg`` choose registered ones (``model.fusion``, ``model.missing``,
@@ -69,6 +70,12 @@ class KARMMA(nn.Module):
         # mean of that modality's encoder output; inference runs them only for model.unimodal_ensemble.
         self.unimodal = (
             nn.ModuleList(UnimodalHead(e.dim, self.tasks) for e in encoded) if cfg.unimodal_weight > 0 else None
+        )
+        # model.fusion_weights=validation: the late fusion's weights (fused, one per modality), from
+        # model.unimodal_ensemble = w as (1, w, .., w) until karmma.fusion_weights fits them.
+        fitted = cfg.fusion_weights == "validation"
+        self.fusion_weights = (
+            nn.Buffer(torch.tensor([1.0] + [cfg.unimodal_ensemble] * len(self.specs))) if fitted else None
         )
         self.apply(_init_linear)
 
@@ -144,7 +151,7 @@ class KARMMA(nn.Module):
             raise DataError("this model has no unimodal heads: set model.unimodal_weight > 0")
         unimodal = self.forward_unimodal(encoded) if with_unimodal or ensemble else None
         if ensemble:
-            logits = late_fusion(logits, unimodal, present, self.cfg.unimodal_ensemble)
+            logits = late_fusion(logits, unimodal, present, self.cfg.unimodal_ensemble, self.fusion_weights)
         out = [logits]
         if with_features:
             out.append(readers)
@@ -152,24 +159,47 @@ class KARMMA(nn.Module):
             out.append(unimodal)
         return tuple(out) if len(out) > 1 else out[0]
 
+    def forward_experts(
+        self, tokens: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], present: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The late fusion's experts, not fused: the fused ``{task: logits}`` and the unimodal
+        heads' ``{task: (B, M, C)}`` (what :mod:`karmma.fusion_weights` weighs)."""
+        if self.unimodal is None:
+            raise DataError("this model has no unimodal heads: set model.unimodal_weight > 0")
+        encoded = self.encode(tokens, present)
+        fused = self.forward_head(self._readers(self.swap(encoded, present), present), present)
+        return fused, self.forward_unimodal(encoded)
+
     def forward_unimodal(self, encoded: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """The unimodal heads' ``{task: (B, M, C)}`` logits over each modality's mean encoding."""
         return _stack_tasks([head(e.mean(1)) for head, e in zip(self.unimodal, encoded)])
 
 
 def late_fusion(
-    fused: Mapping[str, torch.Tensor], unimodal: Mapping[str, torch.Tensor], present: torch.Tensor, weight: float
+    fused: Mapping[str, torch.Tensor],
+    unimodal: Mapping[str, torch.Tensor],
+    present: torch.Tensor,
+    weight: float,
+    weights: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """``(log softmax(fused) + w * mean over present modalities of log softmax(unimodal)) / (1 + w)``
-    per task (``model.unimodal_ensemble`` = w): a weighted geometric mean of the fused expert's and
-    the present sensors' own probabilities, kept at the scale of log-probabilities (what a
-    temperature-softened distillation target assumes)."""
+    """The late-fused ``{task: log-probability-scale logits}``.
+
+    * ``weights`` None (``model.fusion_weights: equal``): ``(log softmax(fused) + w * mean over
+      present modalities of log softmax(unimodal)) / (1 + w)`` with ``w = weight``, a weighted
+      geometric mean of the fused expert's and the present sensors' own probabilities.
+    * ``weights`` ``(1 + M,)`` = ``(a, b_1..b_M)``: ``(a * log softmax(fused) + sum over present m of
+      b_m * log softmax(unimodal_m)) / (a + sum over present m of b_m)``.
+    """
     keep = present[..., None].to(next(iter(fused.values())).dtype)  # (B, M, 1)
-    count = keep.sum(1).clamp_min(1.0)
     out = {}
     for task, f in fused.items():
-        uni = (unimodal[task].log_softmax(-1) * keep).sum(1) / count
-        out[task] = (f.log_softmax(-1) + weight * uni) / (1.0 + weight)
+        uni = unimodal[task].log_softmax(-1) * keep
+        if weights is None:
+            out[task] = (f.log_softmax(-1) + weight * uni.sum(1) / keep.sum(1).clamp_min(1.0)) / (1.0 + weight)
+        else:
+            b = weights[1:, None]
+            total = weights[0] + (b * keep).sum(1)
+            out[task] = (weights[0] * f.log_softmax(-1) + (b * uni).sum(1)) / total
     return out
 
 
