@@ -69,11 +69,10 @@ def unimodal_kd(
     ``{task: (B, M, C)}`` (modality m's: its prediction from m alone), over the present (sample,
     modality) pairs, averaged over the tasks; 0 with none."""
     keep = present.reshape(-1).bool()
+    if not keep.any():  # a zero that keeps every head in the graph
+        return torch.stack([logits.sum() * 0.0 for logits in unimodal.values()]).mean()
     losses = []
     for k, logits in unimodal.items():
-        if not keep.any():
-            losses.append(logits.sum() * 0.0)
-            continue
         flat = logits.reshape(-1, logits.shape[-1])
         losses.append(kd_kl(flat[keep], teacher[k].reshape(flat.shape)[keep], temperature))
     return torch.stack(losses).mean()
