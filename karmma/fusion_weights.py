@@ -29,7 +29,8 @@ from karmma.models.karmma import KARMMA
 
 log = logging.getLogger(__name__)
 
-MAX_SAMPLES = 2048  # validation samples the fit reads (a seeded choice when the split is larger)
+MAX_SAMPLES = 2048  # validation samples the fit reads (a seeded choice when the split is larger) ...
+MEMORY_MB = 256  # ... and fewer where their log-probabilities over every subset would pass this
 
 
 @torch.no_grad()
@@ -58,6 +59,14 @@ def _expert_log_probs(model: KARMMA, data: FeatureSet, rows: np.ndarray, batch_s
     return cat(experts), torch.cat(keep).float(), cat(labels)
 
 
+def sample_budget(model: KARMMA, max_samples: int = MAX_SAMPLES, memory_mb: float = MEMORY_MB) -> int:
+    """How many validation samples the fit reads: each holds ``(1 + M)`` experts' float32
+    log-probabilities over every task's classes under each of the ``2^M - 1`` subsets."""
+    m = len(model.specs)
+    per_sample = (2**m - 1) * (1 + m) * sum(model.tasks.values()) * 4
+    return max(1, min(max_samples, int(memory_mb * 2**20 // per_sample)))
+
+
 def fit_fusion_weights(model: KARMMA, data: FeatureSet, seed: int = 0, max_samples: int = MAX_SAMPLES) -> torch.Tensor:
     """Fit ``model.fusion_weights`` on ``data`` (the validation split), set them, and return them.
 
@@ -67,8 +76,9 @@ def fit_fusion_weights(model: KARMMA, data: FeatureSet, seed: int = 0, max_sampl
     was_training = model.training
     model.eval()
     rows = np.arange(len(data))
-    if len(rows) > max_samples:
-        rows = np.sort(np.random.default_rng(seed).choice(rows, max_samples, replace=False))
+    budget = sample_budget(model, max_samples)
+    if len(rows) > budget:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, budget, replace=False))
     experts, keep, labels = _expert_log_probs(model, data, rows)
     log_w = torch.zeros(keep.shape[1], requires_grad=True)
     opt = torch.optim.LBFGS([log_w], max_iter=200, line_search_fn="strong_wolfe")

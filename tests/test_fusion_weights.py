@@ -128,3 +128,14 @@ def test_the_config_names_the_choices_and_what_it_needs():
     for who in ("teacher", "student"):  # docs/utd_mhad.md: chosen on the four validation folds
         assert load_config(preset_path(f"utd_mhad_{who}")).model.fusion_weights == "validation"
     assert load_config(preset_path("demo_teacher")).model.fusion_weights == "equal"
+
+
+def test_the_fit_reads_fewer_samples_where_their_log_probabilities_would_not_fit_in_memory():
+    from types import SimpleNamespace
+
+    from karmma.fusion_weights import sample_budget
+
+    epic = SimpleNamespace(specs=[None] * 3, tasks={"verb": 97, "noun": 300, "action": 3806})
+    assert sample_budget(epic) == 256 * 2**20 // (7 * 4 * 4203 * 4) == 570
+    utd = SimpleNamespace(specs=[None] * 4, tasks={"action": 27})
+    assert sample_budget(utd) == 2048  # the whole 108-clip validation subject, and then some
