@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from karmma.data.dataset import FeatureSet
+from karmma.errors import DataError
 from karmma.modalities import all_subsets, subset_mask
 from karmma.models.karmma import KARMMA
 
@@ -73,6 +74,11 @@ def fit_fusion_weights(model: KARMMA, data: FeatureSet, seed: int = 0, max_sampl
     Minimises the cross-entropy of the log-linear pool of the experts (summed over tasks, averaged
     over samples and subsets) over positive weights (fitted as logarithms, L-BFGS from all ones).
     Labels outside a task's classes (``-1``: unlabelled) are ignored."""
+    if not data.labelled or not any((np.asarray(v) >= 0).any() for v in data.labels.values()):
+        raise DataError(
+            f"{data.source}: the validation split has no labels to fit the late-fusion weights on; "
+            "give a labelled validation split (data.val) or set model.fusion_weights=equal"
+        )
     was_training = model.training
     model.eval()
     rows = np.arange(len(data))

@@ -10,7 +10,7 @@ import torch
 from karmma.checkpoint import load_model
 from karmma.config import ModelConfig, load_config
 from karmma.data.dataset import FeatureSet
-from karmma.errors import ConfigError
+from karmma.errors import ConfigError, DataError
 from karmma.fusion_weights import fit_fusion_weights, fusion_weight_names
 from karmma.modalities import ModalitySpec
 from karmma.models import KARMMA
@@ -83,6 +83,11 @@ def test_the_fit_gives_a_sensor_that_carries_nothing_a_small_weight():
     assert torch.equal(model.fusion_weights, weights) and list(named) == ["fused", "good", "bad"]
     assert named["good"] > 1.0 and named["bad"] < 0.1 and named["fused"] < 0.1, named
     assert model.training  # the mode it was in (a fresh module trains)
+    unlabelled = _sensors(8, 1)
+    unlabelled.labelled, unlabelled.labels["action"][:] = False, -1
+    with pytest.raises(DataError, match="no labels to fit the late-fusion weights"):
+        fit_fusion_weights(model, unlabelled)
+    assert torch.equal(model.fusion_weights, weights)  # untouched
 
 
 def test_training_fits_them_on_the_validation_split_and_every_tool_uses_them(tmp_path, capsys):
