@@ -25,7 +25,7 @@ import torch
 
 from karmma.data.dataset import FeatureSet
 from karmma.errors import DataError
-from karmma.modalities import all_subsets, subset_mask
+from karmma.evaluate import subset_mask_fns
 from karmma.models.karmma import KARMMA
 
 log = logging.getLogger(__name__)
@@ -39,14 +39,15 @@ def _expert_log_probs(model: KARMMA, data: FeatureSet, rows: np.ndarray, batch_s
     """Per task, the experts' log-probabilities ``(N, 1 + M, C)``, their presence ``(N, 1 + M)`` and
     the labels, over every non-empty modality subset of ``rows`` (samples left with no modality
     by a subset are left out)."""
-    names = data.modality_names
+    subsets = subset_mask_fns(data.modality_names)
     device = next(model.parameters()).device
     experts: dict[str, list] = {t: [] for t in model.tasks}
     keep, labels = [], {t: [] for t in model.tasks}
     for start in range(0, len(rows), batch_size):
-        batch = data.get_batch(rows[start : start + batch_size])
-        for subset in all_subsets(names):
-            mask = subset_mask(subset, names, len(batch)) & batch.present
+        batch_rows = rows[start : start + batch_size]
+        batch = data.get_batch(batch_rows)
+        for subset in subsets.values():
+            mask = subset(batch.present, batch_rows) & batch.present
             ok = mask.any(1)
             if not ok.any():
                 continue

@@ -143,12 +143,8 @@ class KARMMA(nn.Module):
         """``{task: logits}``; with ``with_features`` also the readers (for feature-level objectives),
         with ``with_unimodal`` also the unimodal heads' ``{task: (B, M, C)}`` logits — all through
         one forward call, so that a DDP wrapper synchronises their gradients."""
-        encoded = self.encode(tokens, present)
-        readers = self._readers(self.swap(encoded, present), present)
-        logits = self.forward_head(readers, present)
+        encoded, readers, logits = self._through_head(tokens, present)
         ensemble = self.cfg.unimodal_ensemble > 0 and not self.training
-        if with_unimodal and self.unimodal is None:
-            raise DataError("this model has no unimodal heads: set model.unimodal_weight > 0")
         unimodal = self.forward_unimodal(encoded) if with_unimodal or ensemble else None
         if ensemble:
             logits = late_fusion(logits, unimodal, present, self.cfg.unimodal_ensemble, self.fusion_weights)
@@ -164,14 +160,19 @@ class KARMMA(nn.Module):
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """The late fusion's experts, not fused: the fused ``{task: logits}`` and the unimodal
         heads' ``{task: (B, M, C)}`` (what :mod:`karmma.fusion_weights` weighs)."""
-        if self.unimodal is None:
-            raise DataError("this model has no unimodal heads: set model.unimodal_weight > 0")
-        encoded = self.encode(tokens, present)
-        fused = self.forward_head(self._readers(self.swap(encoded, present), present), present)
+        encoded, _, fused = self._through_head(tokens, present)
         return fused, self.forward_unimodal(encoded)
+
+    def _through_head(self, tokens, present: torch.Tensor):
+        """(encoded tokens per modality, readers, fused ``{task: logits}``) — before any late fusion."""
+        encoded = self.encode(tokens, present)
+        readers = self._readers(self.swap(encoded, present), present)
+        return encoded, readers, self.forward_head(readers, present)
 
     def forward_unimodal(self, encoded: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """The unimodal heads' ``{task: (B, M, C)}`` logits over each modality's mean encoding."""
+        if self.unimodal is None:
+            raise DataError("this model has no unimodal heads: set model.unimodal_weight > 0")
         return _stack_tasks([head(e.mean(1)) for head, e in zip(self.unimodal, encoded)])
 
 
