@@ -128,8 +128,13 @@ def format_fusion_weights(per_seed: list[dict]) -> str:
     if not models:
         return ""
     names = list(next(iter(models.values()))[0])
-    lines = ["| late-fusion weights fitted on the validation subject (mean over seeds) | " + " | ".join(names) + " |",
+    head = "late-fusion weights fitted on the validation subject (shared row, mean over seeds)"
+    lines = [f"| {head} | " + " | ".join(names) + " |",
              "|---|" + "---:|" * len(names)]  # fmt: skip
     for k, v in models.items():
         lines.append(f"| {k} | " + " | ".join(f"{np.mean([w[n] for w in v]):.2f}" for n in names) + " |")
+    lines.append(
+        "\nWith model.fusion_weights=per_subset (the presets), each modality subset also has a row of its own, "
+        "drawn toward this one: fusion_weights_per_subset in each run's final/model.json."
+    )
     return "\n".join(lines)

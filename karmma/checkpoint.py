@@ -292,6 +292,8 @@ def load_model(path: str | Path, expect: dict | None = None) -> tuple[KARMMA, di
 
 
 def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    if hasattr(model, "upgrade_state"):
+        state = model.upgrade_state(state)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

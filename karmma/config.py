@@ -69,9 +69,10 @@ class ModelConfig:
     # over the *present* modalities of their unimodal heads' log softmax) / (1 + w). Training still
     # fits the fused logits; a distilled student learns from its teacher's late-fused output.
     unimodal_ensemble: float = 0.0
-    # How the late fusion weighs its experts: "equal" (the rule above) or "validation" (beyond the
+    # How the late fusion weighs its experts: "equal" (the rule above), "validation" (beyond the
     # paper): after training, a weight per expert (fused output, each modality's head) is fitted on
-    # the validation split, where a weak sensor earns a small weight (karmma/fusion_weights.py).
+    # the validation split, where a weak sensor earns a small weight (karmma/fusion_weights.py), or
+    # "per_subset": as "validation", then a row of weights per modality subset drawn toward them.
     fusion_weights: str = "equal"
     # Train-time modality swap (beyond the paper; {} = off), e.g. {depth: 0.5}: with that probability a
     # sample's encoded depth tokens are another sample's (label kept), only where the sample has
@@ -116,11 +117,13 @@ class ModelConfig:
                 "model.unimodal_ensemble > 0 fuses the unimodal heads, which only exist with "
                 "model.unimodal_weight > 0; set model.unimodal_weight (e.g. 1.0) or model.unimodal_ensemble=0"
             )
-        if self.fusion_weights not in ("equal", "validation"):
-            raise ConfigError(f"model.fusion_weights={self.fusion_weights!r}; choose 'equal' or 'validation'")
-        if self.fusion_weights == "validation" and self.unimodal_ensemble == 0:
+        if self.fusion_weights not in ("equal", "validation", "per_subset"):
             raise ConfigError(
-                "model.fusion_weights=validation weighs the late fusion of the unimodal heads; "
+                f"model.fusion_weights={self.fusion_weights!r}; choose 'equal', 'validation' or 'per_subset'"
+            )
+        if self.fusion_weights != "equal" and self.unimodal_ensemble == 0:
+            raise ConfigError(
+                f"model.fusion_weights={self.fusion_weights} weighs the late fusion of the unimodal heads; "
                 "set model.unimodal_ensemble > 0 (e.g. 2.0) or model.fusion_weights=equal"
             )
         if self.encoder_width < 0 or self.encoder_layers < 0 or self.encoder_tokens < 0:

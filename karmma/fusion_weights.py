@@ -1,4 +1,4 @@
-"""Late-fusion weights fitted on the validation split (``model.fusion_weights: validation``).
+"""Late-fusion weights fitted on the validation split (``model.fusion_weights: validation | per_subset``).
 
 Beyond the paper. With ``model.unimodal_ensemble`` the model's output at inference fuses two kinds
 of experts: the fusion block's output and each present modality's unimodal head. The equal rule
@@ -8,7 +8,10 @@ against 80-90% for the others) pulls a pair of strong ones that already agree. A
 ``a * log softmax(fused) + sum over present m of b_m * log softmax(unimodal_m)`` with the smallest
 cross-entropy on the validation split, every non-empty modality subset pooled (so one set of
 weights serves every subset) — and stores them in the model's ``fusion_weights`` buffer, which
-the checkpoint, ONNX export and every later prediction carry. ``late_fusion`` (karmma/models/karmma.py) divides
+the checkpoint, ONNX export and every later prediction carry. ``per_subset`` then fits one row per
+modality subset on that subset's pool alone, drawn toward the shared weights: how much a sensor
+may say can depend on which sensors it joins, and the fused output's own weight on how many
+sensors it read. ``late_fusion`` (karmma/models/karmma.py) divides
 the pool by the present experts' total weight, keeping the log-probability scale that
 distillation at temperature T was tuned for; the division changes no prediction.
 
@@ -26,12 +29,17 @@ import torch
 from karmma.data.dataset import FeatureSet
 from karmma.errors import DataError
 from karmma.evaluate import subset_mask_fns
-from karmma.models.karmma import KARMMA
+from karmma.modalities import all_subsets, subset_name
+from karmma.models.karmma import KARMMA, subset_index
 
 log = logging.getLogger(__name__)
 
 MAX_SAMPLES = 2048  # validation samples the fit reads (a seeded choice when the split is larger) ...
 MEMORY_MB = 256  # ... and fewer where their log-probabilities over every subset would pass this
+# model.fusion_weights=per_subset: how strongly each subset's log-weights are drawn toward the
+# shared ones. Beyond the paper; chosen on the four UTD-MHAD validation folds from 0.001-0.1
+# (docs/utd_mhad.md, seventh round).
+SHRINK = 0.01
 
 
 @torch.no_grad()
@@ -70,10 +78,13 @@ def sample_budget(model: KARMMA, max_samples: int = MAX_SAMPLES, memory_mb: floa
 
 
 def fit_fusion_weights(model: KARMMA, data: FeatureSet, seed: int = 0, max_samples: int = MAX_SAMPLES) -> torch.Tensor:
-    """Fit ``model.fusion_weights`` on ``data`` (the validation split), set them, and return them.
+    """Fit ``model.fusion_weights`` on ``data`` (the validation split), set them, and return the
+    shared weights ``(1 + M,)``.
 
     Minimises the cross-entropy of the log-linear pool of the experts (summed over tasks, averaged
     over samples and subsets) over positive weights (fitted as logarithms, L-BFGS from all ones).
+    With ``model.fusion_weights: per_subset`` each subset's row is then fitted on that subset alone,
+    its log-weights drawn toward the shared ones by ``SHRINK * ||log w - log w_shared||^2``.
     Labels outside a task's classes (``-1``: unlabelled) are ignored."""
     if not data.labelled or not any((np.asarray(v) >= 0).any() for v in data.labels.values()):
         raise DataError(
@@ -87,7 +98,29 @@ def fit_fusion_weights(model: KARMMA, data: FeatureSet, seed: int = 0, max_sampl
     if len(rows) > budget:
         rows = np.sort(np.random.default_rng(seed).choice(rows, budget, replace=False))
     experts, keep, labels = _expert_log_probs(model, data, rows)
-    log_w = torch.zeros(keep.shape[1], requires_grad=True)
+    shared = _fit(experts, keep, labels, torch.zeros(keep.shape[1]), 0.0)
+    table = shared.log().repeat(model.fusion_weights.shape[0], 1)
+    if model.cfg.fusion_weights == "per_subset":
+        row = subset_index(keep[:, 1:].bool())
+        for r in row.unique().tolist():
+            sel = row == r
+            table[r] = _fit({t: e[sel] for t, e in experts.items()}, keep[sel],
+                            {t: y[sel] for t, y in labels.items()}, shared.log(), SHRINK).log()  # fmt: skip
+    model.fusion_weights.copy_(table.exp().to(model.fusion_weights))
+    model.train(was_training)
+    log.info(
+        "late-fusion weights fitted on %d validation samples: %s%s",
+        len(rows),
+        ", ".join(f"{k} {v:.3g}" for k, v in fusion_weight_names(model, shared).items()),
+        " (shared; one row per modality subset drawn toward them)" if model.cfg.fusion_weights == "per_subset" else "",
+    )
+    return shared
+
+
+def _fit(experts: dict, keep: torch.Tensor, labels: dict, prior: torch.Tensor, shrink: float) -> torch.Tensor:
+    """Positive weights ``(1 + M,)`` minimising the pooled experts' cross-entropy plus
+    ``shrink * ||log w - prior||^2``; an expert absent from every sample keeps ``exp(prior)``."""
+    log_w = prior.clone().requires_grad_(True)
     opt = torch.optim.LBFGS([log_w], max_iter=200, line_search_fn="strong_wolfe")
 
     def closure():
@@ -96,22 +129,25 @@ def fit_fusion_weights(model: KARMMA, data: FeatureSet, seed: int = 0, max_sampl
         loss = sum(
             torch.nn.functional.cross_entropy((w * experts[t]).sum(1), labels[t], ignore_index=-1) for t in experts
         )
+        loss = loss + shrink * ((log_w - prior) ** 2).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
-    weights = log_w.detach().exp()
-    model.fusion_weights.copy_(weights.to(model.fusion_weights))
-    model.train(was_training)
-    log.info(
-        "late-fusion weights fitted on %d validation samples: %s",
-        len(rows),
-        ", ".join(f"{k} {v:.3g}" for k, v in fusion_weight_names(model, weights).items()),
-    )
-    return weights
+    return log_w.detach().exp()
 
 
-def fusion_weight_names(model: KARMMA, weights: torch.Tensor | None = None) -> dict[str, float]:
-    """``{"fused": a, modality: b_m, ...}`` for the model's (or the given) fusion weights."""
-    w = model.fusion_weights if weights is None else weights
-    return dict(zip(["fused", *(s.name for s in model.specs)], (float(x) for x in w)))
+def fusion_weight_names(model: KARMMA, weights: torch.Tensor) -> dict[str, float]:
+    """``{"fused": a, modality: b_m, ...}`` for one row of fusion weights."""
+    return dict(zip(["fused", *(s.name for s in model.specs)], (float(x) for x in weights)))
+
+
+def per_subset_weight_names(model: KARMMA) -> dict[str, dict[str, float]]:
+    """``{subset: {"fused": a, present modality: b_m, ...}}``, the model's weights row by row."""
+    names = model.modality_names
+    out = {}
+    for subset in all_subsets(names):
+        present = torch.tensor([[n in subset for n in names]])
+        row = dict(zip(["fused", *names], model.fusion_weights[subset_index(present)[0]].tolist()))
+        out[subset_name(subset)] = {k: row[k] for k in ["fused", *subset]}
+    return out

@@ -37,7 +37,7 @@ from karmma.data.order import epoch_order
 from karmma.errors import ConfigError, Interrupted
 from karmma.evaluate import main_metric, run_masked
 from karmma.faults import fault_point
-from karmma.fusion_weights import fit_fusion_weights, fusion_weight_names
+from karmma.fusion_weights import fit_fusion_weights, fusion_weight_names, per_subset_weight_names
 from karmma.modality_dropout import apply_modality_dropout
 from karmma.models.karmma import KARMMA
 from karmma.precision import autocast, compile_model
@@ -135,10 +135,11 @@ def fit(
     info = distributed.current()
     if info.enabled and cfg.optim.patience:
         raise ConfigError("optim.patience (early stopping) is not supported with torchrun yet; set it to 0")
-    if cfg.model.fusion_weights == "validation" and val_data is None:
+    if cfg.model.fusion_weights != "equal" and val_data is None:
         raise ConfigError(
-            f"model.fusion_weights=validation fits the late fusion on a validation split, and {cfg.name} has none: "
-            "give data.val (a feature store) or data.val_fraction, or set model.fusion_weights=equal"
+            f"model.fusion_weights={cfg.model.fusion_weights} fits the late fusion on a validation split, "
+            f"and {cfg.name} has none: give data.val (a feature store) or data.val_fraction, "
+            "or set model.fusion_weights=equal"
         )
     check_training_data(train_data, val_data)
     run_dir = Path(run_dir)
@@ -304,8 +305,10 @@ def _fit(task: Task, train_data, cfg, run_dir, val_data, resume, progress, extra
         if cfg.optim.select == "best" and (run_dir / BEST).is_dir():
             model.load_state_dict(load_model(run_dir / BEST)[0].state_dict())
             log.info("kept the weights of the best validation epoch (%s)", run_dir / BEST)
-        if cfg.model.fusion_weights == "validation":
+        if cfg.model.fusion_weights != "equal":
             meta["fusion_weights"] = fusion_weight_names(model, fit_fusion_weights(model, val_data, cfg.seed))
+            if cfg.model.fusion_weights == "per_subset":
+                meta["fusion_weights_per_subset"] = per_subset_weight_names(model)
         save_model(run_dir / "final", model, meta)
         write_json_atomic(run_dir / "history.json", history)
     distributed.barrier()

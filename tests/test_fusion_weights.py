@@ -1,5 +1,6 @@
-"""``model.fusion_weights: validation``: the late fusion's weights, fitted on the validation split
-after training (karmma/fusion_weights.py), carried by checkpoints, evaluation and ONNX export."""
+"""``model.fusion_weights: validation | per_subset``: the late fusion's weights, fitted on the
+validation split after training (karmma/fusion_weights.py), carried by checkpoints, evaluation and
+ONNX export."""
 
 import json
 
@@ -11,9 +12,10 @@ from karmma.checkpoint import load_model
 from karmma.config import ModelConfig, load_config
 from karmma.data.dataset import FeatureSet
 from karmma.errors import ConfigError, DataError
-from karmma.fusion_weights import fit_fusion_weights, fusion_weight_names
+from karmma.fusion_weights import fit_fusion_weights, fusion_weight_names, per_subset_weight_names
 from karmma.modalities import ModalitySpec
 from karmma.models import KARMMA
+from karmma.models.karmma import subset_index
 from karmma.presets import preset_path
 from karmma.runs import run_train
 from karmma.tasks import ClassificationTask
@@ -27,39 +29,41 @@ def _model(specs, tasks, **kw):
 
 
 def test_weighted_late_fusion_is_the_normalised_pool_of_the_present_experts(specs, tasks):
-    """Output = (a log softmax(fused) + sum over present m of b_m log softmax(head_m)) / (a + sum b_m);
-    an absent modality's weight has no effect; before fitting the weights are (1, w, .., w)."""
-    model = _model(specs, tasks, fusion_weights="validation").eval()
-    assert model.fusion_weights.tolist() == [1.0, 2.0, 2.0, 2.0]
+    """Output = (a log softmax(fused) + sum over present m of b_m log softmax(head_m)) / (a + sum b_m),
+    (a, b) the row of the sample's own modality subset; an absent modality's weight has no effect;
+    before fitting every row is (1, w, .., w)."""
+    model = _model(specs, tasks, fusion_weights="per_subset").eval()
+    assert model.fusion_weights.tolist() == [[1.0, 2.0, 2.0, 2.0]] * 7  # one row per subset of 3
     tokens, present = random_batch(specs, 6)
     present[:3, 0] = False
     present[5, 1:] = False  # the first modality alone
-    w = torch.tensor([0.5, 3.0, 0.25, 1.5])
-    model.fusion_weights.copy_(w)
+    assert subset_index(present).tolist() == [5, 5, 5, 6, 6, 0]  # bits: modality m adds 2^m
+    table = torch.rand(7, 4) * 3 + 0.1
+    model.fusion_weights.copy_(table)
     out = model(tokens, present)
     fused, uni = model.forward_experts(tokens, present)
     for t in tasks:
         for b in range(6):
-            keep = present[b]
+            keep, w = present[b], table[int(subset_index(present[b : b + 1]))]
             num = w[0] * fused[t][b].log_softmax(-1) + (w[1:][keep, None] * uni[t][b][keep].log_softmax(-1)).sum(0)
             assert torch.allclose(out[t][b], num / (w[0] + w[1:][keep].sum()), atol=1e-5)
-    model.fusion_weights[1] = 100.0
+    model.fusion_weights[:, 1] = 100.0
     after = model(tokens, present)
     assert torch.allclose(after["verb"][:3], out["verb"][:3], atol=1e-6)  # absent there
     assert not torch.allclose(after["verb"][3:], out["verb"][3:])
     equal = _model(specs, tasks).eval()
     equal.load_state_dict({k: v for k, v in model.state_dict().items() if k != "fusion_weights"})
-    model.fusion_weights.copy_(torch.tensor([1.0, 2.0, 2.0, 2.0]))
+    model.fusion_weights.copy_(torch.tensor([1.0, 2.0, 2.0, 2.0]).expand(7, 4))
     one = torch.zeros_like(present)
     one[:, 2] = True  # one modality present: the starting weights give the equal rule exactly
     assert all(torch.allclose(model(tokens, one)[t], equal(tokens, one)[t], atol=1e-5) for t in tasks)
 
 
-def _sensors(n: int, seed: int) -> FeatureSet:
-    """Two sensors: ``good`` carries the label (one-hot, a little noise), ``bad`` is noise."""
+def _sensors(n: int, seed: int, noise: float = 0.5) -> FeatureSet:
+    """Two sensors: ``good`` carries the label (one-hot, plus noise), ``bad`` is noise."""
     g = np.random.default_rng(seed)
     labels = g.integers(0, 4, n)
-    good = np.eye(4, dtype=np.float32)[labels][:, None] * 3 + g.normal(0, 0.5, (n, 1, 4)).astype(np.float32)
+    good = np.eye(4, dtype=np.float32)[labels][:, None] * 3 + g.normal(0, noise, (n, 1, 4)).astype(np.float32)
     specs = [ModalitySpec("good", 1, 4), ModalitySpec("bad", 1, 4)]
     features = {"good": good, "bad": g.normal(0, 3, (n, 1, 4)).astype(np.float32)}
     ids = [f"c{i}" for i in range(n)]
@@ -79,19 +83,56 @@ def test_the_fit_gives_a_sensor_that_carries_nothing_a_small_weight():
 
     model.forward_experts = experts
     weights = fit_fusion_weights(model, data)
-    named = fusion_weight_names(model)
-    assert torch.equal(model.fusion_weights, weights) and list(named) == ["fused", "good", "bad"]
+    named = fusion_weight_names(model, weights)
+    assert torch.equal(model.fusion_weights, weights.expand(3, 3)) and list(named) == ["fused", "good", "bad"]
     assert named["good"] > 1.0 and named["bad"] < 0.1 and named["fused"] < 0.1, named
     assert model.training  # the mode it was in (a fresh module trains)
     unlabelled = _sensors(8, 1)
     unlabelled.labelled, unlabelled.labels["action"][:] = False, -1
     with pytest.raises(DataError, match="no labels to fit the late-fusion weights"):
         fit_fusion_weights(model, unlabelled)
-    assert torch.equal(model.fusion_weights, weights)  # untouched
+    assert torch.equal(model.fusion_weights, weights.expand(3, 3))  # untouched
+
+
+def test_per_subset_rows_fit_what_each_subset_needs_and_draw_toward_the_shared_row():
+    """The fused expert here reads the label where ``good`` is absent and points one class off
+    where it is present: one shared row must compromise, a row per subset need not."""
+    data = _sensors(300, 2, noise=2.0)
+
+    def experts(tokens, present):
+        good, bad = tokens
+        fused = torch.where(present[:, :1], good[:, 0].roll(1, -1), good[:, 0])
+        return {"action": fused}, {"action": torch.stack([good[:, 0], bad[:, 0]], 1)}
+
+    tokens, y = [torch.from_numpy(data.features[n]) for n in ("good", "bad")], torch.from_numpy(data.labels["action"])
+    scores, rows = {}, {}
+    for mode in ("validation", "per_subset"):
+        model = KARMMA(data.specs, data.tasks, tiny_model_cfg(unimodal_weight=1.0, unimodal_ensemble=2.0,
+                                                              fusion_weights=mode))  # fmt: skip
+        model.forward_experts = experts
+        shared = fit_fusion_weights(model, data)
+        rows[mode] = per_subset_weight_names(model)
+        for subset in ([True, False], [False, True], [True, True]):
+            mask = torch.tensor([subset]).expand(len(data), 2)
+            fused, uni = experts(tokens, mask)
+            w = model.fusion_weights[subset_index(mask)]
+            pool = w[:, :1] * fused["action"].log_softmax(-1) + (
+                w[:, 1:, None] * mask[..., None] * uni["action"].log_softmax(-1)
+            ).sum(1)
+            scores[mode, tuple(subset)] = (torch.nn.functional.cross_entropy(pool, y).item(),
+                                           (pool.argmax(-1) == y).float().mean().item())  # fmt: skip
+    one, per = rows["validation"], rows["per_subset"]
+    assert list(per) == ["good", "bad", "good+bad"] and list(per["bad"]) == ["fused", "bad"]
+    assert one["good"]["fused"] == one["bad"]["fused"] == shared[0].item()  # one row, shared
+    assert per["bad"]["fused"] > 5 * per["good"]["fused"] and per["bad"]["fused"] > shared[0] > per["good"]["fused"]
+    assert torch.allclose(model.fusion_weights[0, 2], shared[2])  # "bad" is absent from row "good": kept
+    for subset in ([True, False], [False, True], [True, True]):
+        assert scores["per_subset", tuple(subset)][0] < scores["validation", tuple(subset)][0] - 0.05, scores
+    assert scores["per_subset", (True, True)][1] > scores["validation", (True, True)][1] + 0.03, scores
 
 
 def test_training_fits_them_on_the_validation_split_and_every_tool_uses_them(tmp_path, capsys):
-    sets = ["model.unimodal_weight=1.0", "model.unimodal_ensemble=2.0", "model.fusion_weights=validation",
+    sets = ["model.unimodal_weight=1.0", "model.unimodal_ensemble=2.0", "model.fusion_weights=per_subset",
             "optim.epochs=2", "optim.warmup_steps=2", "data.synthetic.num_train=64",
             "data.synthetic.num_val=32"]  # fmt: skip
     args = [a for s in sets for a in ("--set", s)]
@@ -99,15 +140,37 @@ def test_training_fits_them_on_the_validation_split_and_every_tool_uses_them(tmp
     assert rc == 0, err
     assert "late-fusion weights fitted on the validation split: fused " in out and " audio " in out
     model, meta = load_model(tmp_path / "t")
-    saved = json.loads((tmp_path / "t" / "final" / "model.json").read_text())["fusion_weights"]
-    assert meta["fusion_weights"] == saved == fusion_weight_names(model)
-    assert model.fusion_weights.tolist() != [1.0, 2.0, 2.0, 2.0]  # fitted, not the starting weights
+    saved = json.loads((tmp_path / "t" / "final" / "model.json").read_text())
+    assert meta["fusion_weights"] == saved["fusion_weights"]
+    assert meta["fusion_weights_per_subset"] == saved["fusion_weights_per_subset"] == per_subset_weight_names(model)
+    assert len(saved["fusion_weights_per_subset"]) == 7 and saved["fusion_weights_per_subset"]["flow"].keys() == {
+        "fused",
+        "flow",
+    }
+    assert len(set(map(tuple, model.fusion_weights.tolist()))) == 7  # fitted, a row of its own per subset
     rc, _, err = cli(capsys, "export", tmp_path / "t", "--out", tmp_path / "t.onnx")
-    assert rc == 0, err
+    assert rc == 0, err  # (export runs the ONNX model against PyTorch on every subset's mask)
     rc, _, err = cli(capsys, "distill", "--config", "demo_student", "--teacher", tmp_path / "t", *args,
                      "--run-dir", tmp_path / "s", "--no-progress")  # fmt: skip
     assert rc == 0, err
     assert set(load_model(tmp_path / "s")[1]["fusion_weights"]) == {"fused", "rgb", "flow", "audio"}
+
+
+def test_a_checkpoint_with_one_shared_row_loads_as_that_row_in_every_subset(tmp_path, capsys):
+    """karmma before per-subset weights saved ``fusion_weights`` as one row ``(1 + M,)``."""
+    from safetensors.torch import load_file, save_file
+
+    sets = ["model.unimodal_weight=1.0", "model.unimodal_ensemble=2.0", "model.fusion_weights=validation",
+            "optim.epochs=1", "data.synthetic.num_train=32", "data.synthetic.num_val=16"]  # fmt: skip
+    args = [a for s in sets for a in ("--set", s)]
+    rc, _, err = cli(capsys, "train", "--config", "demo_teacher", *args, "--run-dir", tmp_path / "t", "--no-progress")
+    assert rc == 0, err
+    path = tmp_path / "t" / "final" / "model.safetensors"
+    state = load_file(str(path))
+    row = state["fusion_weights"][-1].clone()
+    save_file({**state, "fusion_weights": row}, str(path))
+    model, _ = load_model(tmp_path / "t")
+    assert torch.equal(model.fusion_weights, row.expand(7, 4))
 
 
 def test_without_a_validation_split_it_stops_before_training_and_says_how(tmp_path):
@@ -126,12 +189,12 @@ def test_without_a_validation_split_it_stops_before_training_and_says_how(tmp_pa
 
 
 def test_the_config_names_the_choices_and_what_it_needs():
-    with pytest.raises(ConfigError, match="'equal' or 'validation'"):
+    with pytest.raises(ConfigError, match="'equal', 'validation' or 'per_subset'"):
         ModelConfig(fusion_weights="learned").validate()
     with pytest.raises(ConfigError, match="model.unimodal_ensemble > 0"):
         ModelConfig(unimodal_weight=1.0, fusion_weights="validation").validate()
     for who in ("teacher", "student"):  # docs/utd_mhad.md: chosen on the four validation folds
-        assert load_config(preset_path(f"utd_mhad_{who}")).model.fusion_weights == "validation"
+        assert load_config(preset_path(f"utd_mhad_{who}")).model.fusion_weights == "per_subset"
     assert load_config(preset_path("demo_teacher")).model.fusion_weights == "equal"
 
 

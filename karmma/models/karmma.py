@@ -71,13 +71,21 @@ class KARMMA(nn.Module):
         self.unimodal = (
             nn.ModuleList(UnimodalHead(e.dim, self.tasks) for e in encoded) if cfg.unimodal_weight > 0 else None
         )
-        # model.fusion_weights=validation: the late fusion's weights (fused, one per modality), from
-        # model.unimodal_ensemble = w as (1, w, .., w) until karmma.fusion_weights fits them.
-        fitted = cfg.fusion_weights == "validation"
-        self.fusion_weights = (
-            nn.Buffer(torch.tensor([1.0] + [cfg.unimodal_ensemble] * len(self.specs))) if fitted else None
-        )
+        # model.fusion_weights=validation|per_subset: the late fusion's weights (fused, one per modality),
+        # one row per modality subset (row ``subset_index(present)``), from model.unimodal_ensemble = w
+        # as (1, w, .., w) until karmma.fusion_weights fits them.
+        fitted = cfg.fusion_weights != "equal"
+        start = torch.tensor([1.0] + [cfg.unimodal_ensemble] * len(self.specs))
+        self.fusion_weights = nn.Buffer(start.repeat(2 ** len(self.specs) - 1, 1)) if fitted else None
         self.apply(_init_linear)
+
+    def upgrade_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A saved state as this karmma loads it: checkpoints from before per-subset late-fusion
+        weights hold one row of ``fusion_weights`` for every subset, which becomes that row in each."""
+        w = state.get("fusion_weights")
+        if self.fusion_weights is not None and w is not None and w.dim() == 1:
+            state = {**state, "fusion_weights": w.expand_as(self.fusion_weights).clone()}
+        return state
 
     @property
     def modality_names(self) -> list[str]:
@@ -188,20 +196,30 @@ def late_fusion(
     * ``weights`` None (``model.fusion_weights: equal``): ``(log softmax(fused) + w * mean over
       present modalities of log softmax(unimodal)) / (1 + w)`` with ``w = weight``, a weighted
       geometric mean of the fused expert's and the present sensors' own probabilities.
-    * ``weights`` ``(1 + M,)`` = ``(a, b_1..b_M)``: ``(a * log softmax(fused) + sum over present m of
+    * ``weights`` ``(2^M - 1, 1 + M)``, a row ``(a, b_1..b_M)`` per modality subset (the sample's
+      own, :func:`subset_index`): ``(a * log softmax(fused) + sum over present m of
       b_m * log softmax(unimodal_m)) / (a + sum over present m of b_m)``.
     """
     keep = present[..., None].to(next(iter(fused.values())).dtype)  # (B, M, 1)
+    if weights is not None:
+        w = weights[subset_index(present)].to(keep.dtype)  # (B, 1 + M)
+        a, b = w[:, :1], w[:, 1:, None]
+        total = a + (b * keep).sum(1)
     out = {}
     for task, f in fused.items():
         uni = unimodal[task].log_softmax(-1) * keep
         if weights is None:
             out[task] = (f.log_softmax(-1) + weight * uni.sum(1) / keep.sum(1).clamp_min(1.0)) / (1.0 + weight)
         else:
-            b = weights[1:, None]
-            total = weights[0] + (b * keep).sum(1)
-            out[task] = (weights[0] * f.log_softmax(-1) + (b * uni).sum(1)) / total
+            out[task] = (a * f.log_softmax(-1) + (b * uni).sum(1)) / total
     return out
+
+
+def subset_index(present: torch.Tensor) -> torch.Tensor:
+    """Each sample's row in a per-subset table: the presence bits ``sum_m 2^m`` less one (a sample
+    with no modality present reads row 0, where every modality's weight meets a zero mask)."""
+    bits = 2 ** torch.arange(present.shape[1], device=present.device)
+    return ((present.long() * bits).sum(1) - 1).clamp_min(0)
 
 
 class UnimodalHead(nn.Module):
