@@ -118,7 +118,7 @@ def run_utd_mhad_benchmark(
 def _fitted_weights(run_dir: Path) -> dict[str, float]:
     meta = json.loads((run_dir / "final" / "model.json").read_text())  # (written with sorted keys)
     weights = meta.get("fusion_weights", {})
-    return {k: weights[k] for k in ["fused", *(s["name"] for s in meta["specs"])] if k in weights}
+    return {k: weights[k] for k in ["fused", "heads", *(s["name"] for s in meta["specs"])] if k in weights}
 
 
 def format_fusion_weights(per_seed: list[dict]) -> str:

@@ -74,6 +74,11 @@ class ModelConfig:
     # the validation split, where a weak sensor earns a small weight (karmma/fusion_weights.py), or
     # "per_subset": as "validation", then a row of weights per modality subset drawn toward them.
     fusion_weights: str = "equal"
+    # How the present unimodal heads combine in the late fusion: "product" (the mean of their log
+    # softmax, as above) or "mixture" (beyond the paper): the log of the mean of their probabilities,
+    # so one confidently wrong weak sensor cannot veto strong ones that agree; then (log softmax(fused)
+    # + w * that) / (1 + w). Fitted weights are then (fused a, heads c, each modality's share b_m).
+    unimodal_pool: str = "product"
     # Train-time modality swap (beyond the paper; {} = off), e.g. {depth: 0.5}: with that probability a
     # sample's encoded depth tokens are another sample's (label kept), only where the sample has
     # another modality present, so the fusion learns to cross-check a weak modality (ModalitySwap).
@@ -121,6 +126,8 @@ class ModelConfig:
             raise ConfigError(
                 f"model.fusion_weights={self.fusion_weights!r}; choose 'equal', 'validation' or 'per_subset'"
             )
+        if self.unimodal_pool not in ("product", "mixture"):
+            raise ConfigError(f"model.unimodal_pool={self.unimodal_pool!r}; choose 'product' or 'mixture'")
         if self.fusion_weights != "equal" and self.unimodal_ensemble == 0:
             raise ConfigError(
                 f"model.fusion_weights={self.fusion_weights} weighs the late fusion of the unimodal heads; "

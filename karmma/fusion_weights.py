@@ -30,7 +30,7 @@ from karmma.data.dataset import FeatureSet
 from karmma.errors import DataError
 from karmma.evaluate import subset_mask_fns
 from karmma.modalities import all_subsets, subset_name
-from karmma.models.karmma import KARMMA, subset_index
+from karmma.models.karmma import KARMMA, pool_experts, subset_index
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,14 @@ MEMORY_MB = 256  # ... and fewer where their log-probabilities over every subset
 # shared ones. Beyond the paper; chosen on the four UTD-MHAD validation folds from 0.001-0.1
 # (docs/utd_mhad.md, seventh round).
 SHRINK = 0.01
+# ... and the shared row's toward weight 1, only so that the fit stays finite where one expert
+# separates the validation split (the cross-entropy then falls forever as its weight grows).
+RIDGE = 1e-4
 
 
 @torch.no_grad()
 def _expert_log_probs(model: KARMMA, data: FeatureSet, rows: np.ndarray, batch_size: int = 256):
-    """Per task, the experts' log-probabilities ``(N, 1 + M, C)``, their presence ``(N, 1 + M)`` and
+    """Per task, the experts' log-probabilities ``(N, 1 + M, C)`` (fused first), the modalities' presence ``(N, M)`` and
     the labels, over every non-empty modality subset of ``rows`` (samples left with no modality
     by a subset are left out)."""
     subsets = subset_mask_fns(data.modality_names)
@@ -64,9 +67,9 @@ def _expert_log_probs(model: KARMMA, data: FeatureSet, rows: np.ndarray, batch_s
             for t in model.tasks:
                 experts[t].append(torch.cat([fused[t][:, None], unimodal[t]], 1).float().log_softmax(-1).cpu())
                 labels[t].append(b.labels[t].cpu())
-            keep.append(torch.cat([torch.ones(int(ok.sum()), 1, dtype=torch.bool), mask[ok]], 1))
+            keep.append(mask[ok])
     cat = lambda d: {t: torch.cat(v) for t, v in d.items()}  # noqa: E731
-    return cat(experts), torch.cat(keep).float(), cat(labels)
+    return cat(experts), torch.cat(keep), cat(labels)
 
 
 def sample_budget(model: KARMMA, max_samples: int = MAX_SAMPLES, memory_mb: float = MEMORY_MB) -> int:
@@ -98,14 +101,15 @@ def fit_fusion_weights(model: KARMMA, data: FeatureSet, seed: int = 0, max_sampl
     if len(rows) > budget:
         rows = np.sort(np.random.default_rng(seed).choice(rows, budget, replace=False))
     experts, keep, labels = _expert_log_probs(model, data, rows)
-    shared = _fit(experts, keep, labels, torch.zeros(keep.shape[1]), 0.0)
+    pool = model.cfg.unimodal_pool
+    shared = _fit(experts, keep, labels, torch.zeros(model.fusion_weights.shape[1]), RIDGE, pool)
     table = shared.log().repeat(model.fusion_weights.shape[0], 1)
     if model.cfg.fusion_weights == "per_subset":
-        row = subset_index(keep[:, 1:].bool())
+        row = subset_index(keep)
         for r in row.unique().tolist():
             sel = row == r
             table[r] = _fit({t: e[sel] for t, e in experts.items()}, keep[sel],
-                            {t: y[sel] for t, y in labels.items()}, shared.log(), SHRINK).log()  # fmt: skip
+                            {t: y[sel] for t, y in labels.items()}, shared.log(), SHRINK, pool).log()  # fmt: skip
     model.fusion_weights.copy_(table.exp().to(model.fusion_weights))
     model.train(was_training)
     log.info(
@@ -117,17 +121,22 @@ def fit_fusion_weights(model: KARMMA, data: FeatureSet, seed: int = 0, max_sampl
     return shared
 
 
-def _fit(experts: dict, keep: torch.Tensor, labels: dict, prior: torch.Tensor, shrink: float) -> torch.Tensor:
-    """Positive weights ``(1 + M,)`` minimising the pooled experts' cross-entropy plus
+def _fit(
+    experts: dict, present: torch.Tensor, labels: dict, prior: torch.Tensor, shrink: float, pool: str
+) -> torch.Tensor:
+    """Positive weights (one row) minimising the pooled experts' cross-entropy plus
     ``shrink * ||log w - prior||^2``; an expert absent from every sample keeps ``exp(prior)``."""
     log_w = prior.clone().requires_grad_(True)
     opt = torch.optim.LBFGS([log_w], max_iter=200, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        w = log_w.exp()[None, :, None] * keep[..., None]
+        w = log_w.exp().expand(len(present), -1)
         loss = sum(
-            torch.nn.functional.cross_entropy((w * experts[t]).sum(1), labels[t], ignore_index=-1) for t in experts
+            torch.nn.functional.cross_entropy(
+                pool_experts(e[:, 0], e[:, 1:], present, w, pool)[0], labels[t], ignore_index=-1
+            )  # fmt: skip
+            for t, e in experts.items()
         )
         loss = loss + shrink * ((log_w - prior) ** 2).sum()
         loss.backward()
@@ -137,9 +146,13 @@ def _fit(experts: dict, keep: torch.Tensor, labels: dict, prior: torch.Tensor, s
     return log_w.detach().exp()
 
 
+def _expert_names(model: KARMMA) -> list[str]:
+    return ["fused", *(["heads"] if model.cfg.unimodal_pool == "mixture" else []), *model.modality_names]
+
+
 def fusion_weight_names(model: KARMMA, weights: torch.Tensor) -> dict[str, float]:
-    """``{"fused": a, modality: b_m, ...}`` for one row of fusion weights."""
-    return dict(zip(["fused", *(s.name for s in model.specs)], (float(x) for x in weights)))
+    """``{"fused": a, ("heads": c,) modality: b_m, ...}`` for one row of fusion weights."""
+    return dict(zip(_expert_names(model), (float(x) for x in weights)))
 
 
 def per_subset_weight_names(model: KARMMA) -> dict[str, dict[str, float]]:
@@ -148,6 +161,6 @@ def per_subset_weight_names(model: KARMMA) -> dict[str, dict[str, float]]:
     out = {}
     for subset in all_subsets(names):
         present = torch.tensor([[n in subset for n in names]])
-        row = dict(zip(["fused", *names], model.fusion_weights[subset_index(present)[0]].tolist()))
-        out[subset_name(subset)] = {k: row[k] for k in ["fused", *subset]}
+        row = dict(zip(_expert_names(model), model.fusion_weights[subset_index(present)[0]].tolist()))
+        out[subset_name(subset)] = {k: v for k, v in row.items() if k not in names or k in subset}
     return out

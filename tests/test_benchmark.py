@@ -44,7 +44,7 @@ def test_utd_mhad_benchmark_on_a_tiny_tree(tmp_path, capsys):
     # The presets fit their late-fusion weights on the validation subject; the report shows them.
     weights = summary["per_seed"][1]["fusion_weights"]
     assert set(weights) == {"teacher", "student", "baseline-ce", "baseline-md"}
-    assert list(weights["student"]) == ["fused", "depth", "flow", "inertial", "skeleton"]
+    assert list(weights["student"]) == ["fused", "heads", "depth", "flow", "inertial", "skeleton"]
     assert "late-fusion weights fitted on the validation subject" in out
     assert (tmp_path / "bench" / "sensor_dropout.png").stat().st_size > 1000
     # The validation subject never reaches training; test clips are only evaluated.

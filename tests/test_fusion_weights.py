@@ -15,7 +15,7 @@ from karmma.errors import ConfigError, DataError
 from karmma.fusion_weights import fit_fusion_weights, fusion_weight_names, per_subset_weight_names
 from karmma.modalities import ModalitySpec
 from karmma.models import KARMMA
-from karmma.models.karmma import subset_index
+from karmma.models.karmma import late_fusion, subset_index
 from karmma.presets import preset_path
 from karmma.runs import run_train
 from karmma.tasks import ClassificationTask
@@ -57,6 +57,45 @@ def test_weighted_late_fusion_is_the_normalised_pool_of_the_present_experts(spec
     one = torch.zeros_like(present)
     one[:, 2] = True  # one modality present: the starting weights give the equal rule exactly
     assert all(torch.allclose(model(tokens, one)[t], equal(tokens, one)[t], atol=1e-5) for t in tasks)
+
+
+def test_the_mixture_pool_is_exact_and_a_confidently_wrong_sensor_cannot_veto(specs, tasks):
+    """``unimodal_pool: mixture``: (a log softmax(fused) + c log(sum_present b_m softmax(head_m) / sum_present b_m))
+    / (a + c), row (a, c, b) of the sample's subset; with one sensor present the same as the product."""
+    model = _model(specs, tasks, fusion_weights="per_subset", unimodal_pool="mixture").eval()
+    assert model.fusion_weights.tolist() == [[1.0, 2.0, 1.0, 1.0, 1.0]] * 7
+    tokens, present = random_batch(specs, 6)
+    present[:3, 0] = False
+    present[5, 1:] = False
+    table = torch.rand(7, 5) * 3 + 0.1
+    model.fusion_weights.copy_(table)
+    out = model(tokens, present)
+    fused, uni = model.forward_experts(tokens, present)
+    for t in tasks:
+        for b in range(6):
+            keep, w = present[b], table[int(subset_index(present[b : b + 1]))]
+            shares = w[2:][keep, None]
+            mix = (shares * uni[t][b][keep].softmax(-1)).sum(0) / shares.sum()
+            assert torch.allclose(out[t][b], (w[0] * fused[t][b].log_softmax(-1) + w[1] * mix.log()) / (w[0] + w[1]),
+                                  atol=1e-5)  # fmt: skip
+    one = torch.zeros_like(present)
+    one[:, 1] = True
+    product = _model(specs, tasks).eval()
+    product.load_state_dict({k: v for k, v in model.state_dict().items() if k != "fusion_weights"})
+    equal = _model(specs, tasks, unimodal_pool="mixture").eval()  # equal shares: no buffer, the same rule
+    equal.load_state_dict({k: v for k, v in model.state_dict().items() if k != "fusion_weights"})
+    model.fusion_weights.copy_(torch.tensor([1.0, 2.0, 1.0, 1.0, 1.0]).expand(7, 5))
+    for t in tasks:
+        assert torch.allclose(model(tokens, one)[t], product(tokens, one)[t], atol=1e-5)
+        assert torch.allclose(model(tokens, present)[t], equal(tokens, present)[t], atol=1e-5)
+    # Two sensors agree on class 0 (p = 0.9); a third is sure of class 1 (p(class 0) = 1e-6).
+    agree = torch.tensor([0.9, 0.05, 0.05]).log()
+    veto = torch.tensor([1e-6, 1 - 2e-6, 1e-6]).log()
+    heads = {"verb": torch.stack([agree, agree, veto])[None]}
+    flat = {"verb": torch.zeros(1, 3)}
+    all3 = torch.ones(1, 3, dtype=torch.bool)
+    assert late_fusion(flat, heads, all3, 2.0)["verb"].argmax().item() == 1  # the product: vetoed
+    assert late_fusion(flat, heads, all3, 2.0, pool="mixture")["verb"].argmax().item() == 0
 
 
 def _sensors(n: int, seed: int, noise: float = 0.5) -> FeatureSet:
@@ -133,7 +172,7 @@ def test_per_subset_rows_fit_what_each_subset_needs_and_draw_toward_the_shared_r
 
 def test_training_fits_them_on_the_validation_split_and_every_tool_uses_them(tmp_path, capsys):
     sets = ["model.unimodal_weight=1.0", "model.unimodal_ensemble=2.0", "model.fusion_weights=per_subset",
-            "optim.epochs=2", "optim.warmup_steps=2", "data.synthetic.num_train=64",
+            "model.unimodal_pool=mixture", "optim.epochs=2", "optim.warmup_steps=2", "data.synthetic.num_train=64",
             "data.synthetic.num_val=32"]  # fmt: skip
     args = [a for s in sets for a in ("--set", s)]
     rc, out, err = cli(capsys, "train", "--config", "demo_teacher", *args, "--run-dir", tmp_path / "t", "--no-progress")
@@ -143,17 +182,23 @@ def test_training_fits_them_on_the_validation_split_and_every_tool_uses_them(tmp
     saved = json.loads((tmp_path / "t" / "final" / "model.json").read_text())
     assert meta["fusion_weights"] == saved["fusion_weights"]
     assert meta["fusion_weights_per_subset"] == saved["fusion_weights_per_subset"] == per_subset_weight_names(model)
-    assert len(saved["fusion_weights_per_subset"]) == 7 and saved["fusion_weights_per_subset"]["flow"].keys() == {
+    assert list(res_names := fusion_weight_names(model, model.fusion_weights[-1])) == [
         "fused",
+        "heads",
+        "rgb",
         "flow",
-    }
+        "audio",
+    ]
+    assert set(saved["fusion_weights"]) == set(res_names)  # (model.json sorts its keys)
+    assert len(saved["fusion_weights_per_subset"]) == 7
+    assert list(per_subset_weight_names(model)["rgb+audio"]) == ["fused", "heads", "rgb", "audio"]
     assert len(set(map(tuple, model.fusion_weights.tolist()))) == 7  # fitted, a row of its own per subset
     rc, _, err = cli(capsys, "export", tmp_path / "t", "--out", tmp_path / "t.onnx")
     assert rc == 0, err  # (export runs the ONNX model against PyTorch on every subset's mask)
     rc, _, err = cli(capsys, "distill", "--config", "demo_student", "--teacher", tmp_path / "t", *args,
                      "--run-dir", tmp_path / "s", "--no-progress")  # fmt: skip
     assert rc == 0, err
-    assert set(load_model(tmp_path / "s")[1]["fusion_weights"]) == {"fused", "rgb", "flow", "audio"}
+    assert set(load_model(tmp_path / "s")[1]["fusion_weights"]) == {"fused", "heads", "rgb", "flow", "audio"}
 
 
 def test_a_checkpoint_with_one_shared_row_loads_as_that_row_in_every_subset(tmp_path, capsys):
@@ -171,6 +216,8 @@ def test_a_checkpoint_with_one_shared_row_loads_as_that_row_in_every_subset(tmp_
     save_file({**state, "fusion_weights": row}, str(path))
     model, _ = load_model(tmp_path / "t")
     assert torch.equal(model.fusion_weights, row.expand(7, 4))
+    rc, _, err = cli(capsys, "export", tmp_path / "t", "--out", tmp_path / "t.onnx")  # the product pool's table
+    assert rc == 0, err
 
 
 def test_without_a_validation_split_it_stops_before_training_and_says_how(tmp_path):
@@ -194,8 +241,11 @@ def test_the_config_names_the_choices_and_what_it_needs():
     with pytest.raises(ConfigError, match="model.unimodal_ensemble > 0"):
         ModelConfig(unimodal_weight=1.0, fusion_weights="validation").validate()
     for who in ("teacher", "student"):  # docs/utd_mhad.md: chosen on the four validation folds
-        assert load_config(preset_path(f"utd_mhad_{who}")).model.fusion_weights == "per_subset"
+        model = load_config(preset_path(f"utd_mhad_{who}")).model
+        assert (model.fusion_weights, model.unimodal_pool) == ("per_subset", "mixture")
     assert load_config(preset_path("demo_teacher")).model.fusion_weights == "equal"
+    with pytest.raises(ConfigError, match="'product' or 'mixture'"):
+        ModelConfig(unimodal_pool="sum").validate()
 
 
 def test_the_fit_reads_fewer_samples_where_their_log_probabilities_would_not_fit_in_memory():

@@ -71,12 +71,13 @@ class KARMMA(nn.Module):
         self.unimodal = (
             nn.ModuleList(UnimodalHead(e.dim, self.tasks) for e in encoded) if cfg.unimodal_weight > 0 else None
         )
-        # model.fusion_weights=validation|per_subset: the late fusion's weights (fused, one per modality),
-        # one row per modality subset (row ``subset_index(present)``), from model.unimodal_ensemble = w
-        # as (1, w, .., w) until karmma.fusion_weights fits them.
-        fitted = cfg.fusion_weights != "equal"
-        start = torch.tensor([1.0] + [cfg.unimodal_ensemble] * len(self.specs))
-        self.fusion_weights = nn.Buffer(start.repeat(2 ** len(self.specs) - 1, 1)) if fitted else None
+        # model.fusion_weights=validation|per_subset: the late fusion's weights, one row per modality
+        # subset (row ``subset_index(present)``), from model.unimodal_ensemble = w until
+        # karmma.fusion_weights fits them: (fused, each modality) = (1, w, .., w) for the product
+        # pool, (fused, heads, each modality's share) = (1, w, 1, .., 1) for the mixture.
+        m, w = len(self.specs), cfg.unimodal_ensemble
+        start = torch.tensor([1.0, w] + [1.0] * m if cfg.unimodal_pool == "mixture" else [1.0] + [w] * m)
+        self.fusion_weights = nn.Buffer(start.repeat(2**m - 1, 1)) if cfg.fusion_weights != "equal" else None
         self.apply(_init_linear)
 
     def upgrade_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -155,7 +156,9 @@ class KARMMA(nn.Module):
         ensemble = self.cfg.unimodal_ensemble > 0 and not self.training
         unimodal = self.forward_unimodal(encoded) if with_unimodal or ensemble else None
         if ensemble:
-            logits = late_fusion(logits, unimodal, present, self.cfg.unimodal_ensemble, self.fusion_weights)
+            logits = late_fusion(
+                logits, unimodal, present, self.cfg.unimodal_ensemble, self.fusion_weights, self.cfg.unimodal_pool
+            )
         out = [logits]
         if with_features:
             out.append(readers)
@@ -190,29 +193,63 @@ def late_fusion(
     present: torch.Tensor,
     weight: float,
     weights: torch.Tensor | None = None,
+    pool: str = "product",
 ) -> dict[str, torch.Tensor]:
-    """The late-fused ``{task: log-probability-scale logits}``.
+    """The late-fused ``{task: log-probability-scale logits}``: :func:`pool_experts` divided by the
+    experts' total weight (which keeps the log-probability scale distillation at temperature T needs).
 
-    * ``weights`` None (``model.fusion_weights: equal``): ``(log softmax(fused) + w * mean over
-      present modalities of log softmax(unimodal)) / (1 + w)`` with ``w = weight``, a weighted
-      geometric mean of the fused expert's and the present sensors' own probabilities.
-    * ``weights`` ``(2^M - 1, 1 + M)``, a row ``(a, b_1..b_M)`` per modality subset (the sample's
-      own, :func:`subset_index`): ``(a * log softmax(fused) + sum over present m of
-      b_m * log softmax(unimodal_m)) / (a + sum over present m of b_m)``.
+    * ``weights`` None (``model.fusion_weights: equal``), ``w = weight``: for the ``product`` pool
+      ``(log softmax(fused) + w * mean over present modalities of log softmax(unimodal)) / (1 + w)``,
+      a weighted geometric mean of the fused expert's and the present sensors' own probabilities;
+      for the ``mixture`` pool ``(log softmax(fused) + w * log mean over present modalities of
+      softmax(unimodal)) / (1 + w)``.
+    * ``weights`` ``(2^M - 1, K)``: the row of the sample's own modality subset (:func:`subset_index`).
     """
-    keep = present[..., None].to(next(iter(fused.values())).dtype)  # (B, M, 1)
-    if weights is not None:
-        w = weights[subset_index(present)].to(keep.dtype)  # (B, 1 + M)
-        a, b = w[:, :1], w[:, 1:, None]
-        total = a + (b * keep).sum(1)
+    if weights is None:
+        m = present.shape[1]
+        if pool == "product":
+            keep = present[..., None].to(next(iter(fused.values())).dtype)
+            return {
+                t: (
+                    f.log_softmax(-1)
+                    + weight * (unimodal[t].log_softmax(-1) * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+                )
+                / (1.0 + weight)
+                for t, f in fused.items()
+            }
+        weights = torch.tensor([[1.0, weight] + [1.0] * m], device=present.device)
+        row = weights.expand(len(present), -1)
+    else:
+        row = weights[subset_index(present)]
     out = {}
     for task, f in fused.items():
-        uni = unimodal[task].log_softmax(-1) * keep
-        if weights is None:
-            out[task] = (f.log_softmax(-1) + weight * uni.sum(1) / keep.sum(1).clamp_min(1.0)) / (1.0 + weight)
-        else:
-            out[task] = (a * f.log_softmax(-1) + (b * uni).sum(1)) / total
+        num, total = pool_experts(f.log_softmax(-1), unimodal[task].log_softmax(-1), present, row.to(f.dtype), pool)
+        out[task] = num / total
     return out
+
+
+def pool_experts(
+    fused: torch.Tensor, heads: torch.Tensor, present: torch.Tensor, w: torch.Tensor, pool: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The late fusion's pool ``(B, C)`` of log-probabilities — ``fused`` ``(B, C)``, the unimodal
+    ``heads`` ``(B, M, C)`` where ``present`` ``(B, M)`` — and its total weight ``(B, 1)``.
+
+    * ``product``, ``w = (a, b_1..b_M)``: ``a * fused + sum over present m of b_m * heads_m``;
+      total ``a + sum over present m of b_m``.
+    * ``mixture``, ``w = (a, c, b_1..b_M)``: ``a * fused + c * log(sum over present m of b_m *
+      exp(heads_m) / sum over present m of b_m)``; total ``a + c``. With no modality present the
+      heads' term is 0.
+    """
+    keep = present[..., None].to(fused.dtype)
+    a = w[:, :1]
+    if pool == "product":
+        b = w[:, 1:, None]
+        return a * fused + (b * keep * heads).sum(1), a + (b * keep).sum(1)
+    c, b = w[:, 1:2], w[:, 2:, None]
+    shares = torch.where(present[..., None], b.clamp_min(1e-30).log() + heads, torch.full_like(heads, -1e4))
+    mix = torch.logsumexp(shares, 1) - (b * keep).sum(1).clamp_min(1e-30).log()
+    mix = torch.where(present.any(1, keepdim=True), mix, torch.zeros_like(mix))
+    return a * fused + c * mix, a + c
 
 
 def subset_index(present: torch.Tensor) -> torch.Tensor:
