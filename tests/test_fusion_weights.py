@@ -28,20 +28,26 @@ def _model(specs, tasks, **kw):
     return KARMMA(specs, tasks, tiny_model_cfg(unimodal_weight=1.0, unimodal_ensemble=2.0, dropout=0.2, **kw))
 
 
+def _outputs_with_a_random_table(model, specs):
+    """Six samples (three lack the first modality, one has it alone) through ``model`` with a random
+    table of fusion weights: (present, table, late-fused output, fused logits, unimodal logits)."""
+    tokens, present = random_batch(specs, 6)
+    present[:3, 0] = False
+    present[5, 1:] = False  # the first modality alone
+    table = torch.rand(model.fusion_weights.shape) * 3 + 0.1
+    model.fusion_weights.copy_(table)
+    fused, uni = model.forward_experts(tokens, present)
+    return tokens, present, table, model(tokens, present), fused, uni
+
+
 def test_weighted_late_fusion_is_the_normalised_pool_of_the_present_experts(specs, tasks):
     """Output = (a log softmax(fused) + sum over present m of b_m log softmax(head_m)) / (a + sum b_m),
     (a, b) the row of the sample's own modality subset; an absent modality's weight has no effect;
     before fitting every row is (1, w, .., w)."""
     model = _model(specs, tasks, fusion_weights="per_subset").eval()
     assert model.fusion_weights.tolist() == [[1.0, 2.0, 2.0, 2.0]] * 7  # one row per subset of 3
-    tokens, present = random_batch(specs, 6)
-    present[:3, 0] = False
-    present[5, 1:] = False  # the first modality alone
+    tokens, present, table, out, fused, uni = _outputs_with_a_random_table(model, specs)
     assert subset_index(present).tolist() == [5, 5, 5, 6, 6, 0]  # bits: modality m adds 2^m
-    table = torch.rand(7, 4) * 3 + 0.1
-    model.fusion_weights.copy_(table)
-    out = model(tokens, present)
-    fused, uni = model.forward_experts(tokens, present)
     for t in tasks:
         for b in range(6):
             keep, w = present[b], table[int(subset_index(present[b : b + 1]))]
@@ -64,13 +70,7 @@ def test_the_mixture_pool_is_exact_and_a_confidently_wrong_sensor_cannot_veto(sp
     / (a + c), row (a, c, b) of the sample's subset; with one sensor present the same as the product."""
     model = _model(specs, tasks, fusion_weights="per_subset", unimodal_pool="mixture").eval()
     assert model.fusion_weights.tolist() == [[1.0, 2.0, 1.0, 1.0, 1.0]] * 7
-    tokens, present = random_batch(specs, 6)
-    present[:3, 0] = False
-    present[5, 1:] = False
-    table = torch.rand(7, 5) * 3 + 0.1
-    model.fusion_weights.copy_(table)
-    out = model(tokens, present)
-    fused, uni = model.forward_experts(tokens, present)
+    tokens, present, table, out, fused, uni = _outputs_with_a_random_table(model, specs)
     for t in tasks:
         for b in range(6):
             keep, w = present[b], table[int(subset_index(present[b : b + 1]))]
