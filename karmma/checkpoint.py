@@ -291,9 +291,8 @@ def load_model(path: str | Path, expect: dict | None = None) -> tuple[KARMMA, di
     return model, meta
 
 
-def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    if hasattr(model, "upgrade_state"):
-        state = model.upgrade_state(state)
+def _load_state(model: KARMMA, state: dict[str, torch.Tensor], where: str) -> None:
+    state = model.upgrade_state(state)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -72,12 +72,12 @@ class KARMMA(nn.Module):
             nn.ModuleList(UnimodalHead(e.dim, self.tasks) for e in encoded) if cfg.unimodal_weight > 0 else None
         )
         # model.fusion_weights=validation|per_subset: the late fusion's weights, one row per modality
-        # subset (row ``subset_index(present)``), from model.unimodal_ensemble = w until
-        # karmma.fusion_weights fits them: (fused, each modality) = (1, w, .., w) for the product
-        # pool, (fused, heads, each modality's share) = (1, w, 1, .., 1) for the mixture.
-        m, w = len(self.specs), cfg.unimodal_ensemble
-        start = torch.tensor([1.0, w] + [1.0] * m if cfg.unimodal_pool == "mixture" else [1.0] + [w] * m)
-        self.fusion_weights = nn.Buffer(start.repeat(2**m - 1, 1)) if cfg.fusion_weights != "equal" else None
+        # subset (row ``subset_index(present)``), at their starting row until karmma.fusion_weights
+        # fits them.
+        start = starting_row(cfg.unimodal_pool, cfg.unimodal_ensemble, len(self.specs))
+        self.fusion_weights = (
+            nn.Buffer(start.repeat(2 ** len(self.specs) - 1, 1)) if cfg.fusion_weights != "equal" else None
+        )
         self.apply(_init_linear)
 
     def upgrade_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -205,20 +205,15 @@ def late_fusion(
       softmax(unimodal)) / (1 + w)``.
     * ``weights`` ``(2^M - 1, K)``: the row of the sample's own modality subset (:func:`subset_index`).
     """
-    if weights is None:
-        m = present.shape[1]
-        if pool == "product":
-            keep = present[..., None].to(next(iter(fused.values())).dtype)
-            return {
-                t: (
-                    f.log_softmax(-1)
-                    + weight * (unimodal[t].log_softmax(-1) * keep).sum(1) / keep.sum(1).clamp_min(1.0)
-                )
-                / (1.0 + weight)
-                for t, f in fused.items()
-            }
-        weights = torch.tensor([[1.0, weight] + [1.0] * m], device=present.device)
-        row = weights.expand(len(present), -1)
+    if weights is None and pool == "product":
+        keep = present[..., None].to(next(iter(fused.values())).dtype)
+        return {
+            t: (f.log_softmax(-1) + weight * (unimodal[t].log_softmax(-1) * keep).sum(1) / keep.sum(1).clamp_min(1.0))
+            / (1.0 + weight)
+            for t, f in fused.items()
+        }
+    if weights is None:  # the mixture's equal shares are its starting row, for every subset
+        row = starting_row(pool, weight, present.shape[1]).to(present.device).expand(len(present), -1)
     else:
         row = weights[subset_index(present)]
     out = {}
@@ -250,6 +245,13 @@ def pool_experts(
     mix = torch.logsumexp(shares, 1) - (b * keep).sum(1).clamp_min(1e-30).log()
     mix = torch.where(present.any(1, keepdim=True), mix, torch.zeros_like(mix))
     return a * fused + c * mix, a + c
+
+
+def starting_row(pool: str, weight: float, m: int) -> torch.Tensor:
+    """The late fusion's weights before any fit, ``model.unimodal_ensemble = weight``: (fused, each
+    modality) = ``(1, w, .., w)`` for the product pool, (fused, heads, each modality's share) =
+    ``(1, w, 1, .., 1)`` for the mixture (the mixture's equal shares exactly)."""
+    return torch.tensor([1.0, weight] + [1.0] * m if pool == "mixture" else [1.0] + [weight] * m)
 
 
 def subset_index(present: torch.Tensor) -> torch.Tensor:
