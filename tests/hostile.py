@@ -58,3 +58,26 @@ def corrupt_chunk(path: Path, dataset: str, chunk: int = 0, nbytes: int = 256) -
     with open(path, "r+b") as f:
         f.seek(info.byte_offset + max(0, info.size // 2 - nbytes // 2))
         f.write(np.random.default_rng(0).bytes(min(nbytes, info.size)))
+
+
+def cli_limited(*args: str, limit_gb: float = 3.0, timeout: float = 600, env: dict | None = None,
+                cwd: str | Path | None = None) -> tuple[int, str, str]:  # fmt: skip
+    """``python -m karmma ARGS`` in a child process whose address space is capped at ``limit_gb``
+    (RLIMIT_AS): a file that makes karmma allocate past it fails the test with a MemoryError
+    instead of taking the machine. Importing karmma (torch, h5py, PyAV) needs about 2 GB of it."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    limit = int(limit_gb * (1 << 30))
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    child_env = {**os.environ, "MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "1", **(env or {})}
+    root = Path(__file__).resolve().parents[1]
+    child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), child_env.get("PYTHONPATH")]))
+    r = subprocess.run([sys.executable, "-m", "karmma", *map(str, args)], preexec_fn=cap, capture_output=True,
+                       text=True, timeout=timeout, env=child_env, cwd=cwd)  # fmt: skip
+    return r.returncode, r.stdout, r.stderr
