@@ -3,10 +3,12 @@ shipped presets through the CLI, and a one-call CLI runner returning (rc, stdout
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from karmma.cli import main
 from karmma.config import SyntheticConfig
@@ -81,3 +83,20 @@ def cli_limited(*args: str, limit_gb: float = 3.0, timeout: float = 600, env: di
     r = subprocess.run([sys.executable, "-m", "karmma", *map(str, args)], preexec_fn=cap, capture_output=True,
                        text=True, timeout=timeout, env=child_env, cwd=cwd)  # fmt: skip
     return r.returncode, r.stdout, r.stderr
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, size: str = "256k", read_only: bool = False):
+    """A real filesystem of ``size`` (tmpfs) mounted at ``where``, read-only if asked: a full or
+    read-only ``--out`` as a user meets it. Skips the test where mounting is not permitted."""
+    import subprocess
+
+    where.mkdir(parents=True, exist_ok=True)
+    opts = f"size={size}" + (",ro" if read_only else "")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here ({r.stderr.strip()})")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
