@@ -32,23 +32,11 @@ from karmma.errors import CheckpointError, ConfigError
 from karmma.faults import fault_point
 from karmma.modalities import ModalitySpec
 from karmma.models.karmma import KARMMA
+from karmma.outputs import fsync_dir
 
 log = logging.getLogger(__name__)
 
 MODEL_FORMAT = "karmma-model"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -58,7 +46,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def model_metadata(model: KARMMA, class_names: dict[str, list[str]] | None = None, **extra: Any) -> dict:
@@ -95,7 +83,7 @@ def _publish(tmp: Path, final: Path) -> Path:
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if final.exists():
         old = final.with_name(f".old-{final.name}-{os.getpid()}")
         final.rename(old)
@@ -103,7 +91,7 @@ def _publish(tmp: Path, final: Path) -> Path:
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     return final
 
 

@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from karmma.cli_args import positive_int
 from karmma.cli_epic import add_epic_commands
 from karmma.cli_experiments import add_experiment_commands
 from karmma.errors import Interrupted, KarmmaError
@@ -15,16 +16,6 @@ from karmma.errors import Interrupted, KarmmaError
 
 def _progress(args: argparse.Namespace) -> bool:
     return not args.no_progress
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
 
 
 def _config(args: argparse.Namespace):
@@ -84,14 +75,19 @@ def _named(paths: list[str], names: str | None) -> dict[str, str]:
     labels = names.split(",") if names else [Path(p).name or p for p in paths]
     if len(labels) != len(paths) or len(set(labels)) != len(labels):
         raise KarmmaError("--names needs one distinct name per model, comma separated")
-    return dict(zip(labels, paths))
+    from karmma.paths import no_dangling_link
+
+    return {label: str(no_dangling_link(p, f"model {label}")) for label, p in zip(labels, paths)}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from karmma.evaluate import format_dropout_table, format_table, main_metric, write_results
+    from karmma.paths import writable_out
     from karmma.runs import run_evaluate
 
-    results, tasks = run_evaluate(_named(args.models, args.names), args.val, args.seed, args.repeats, _progress(args),
+    models = _named(args.models, args.names)
+    writable_out(args.out)
+    results, tasks = run_evaluate(models, args.val, args.seed, args.repeats, _progress(args),
                                   device=args.device, precision=args.precision, compile=args.compile,
                                   split=args.split, epic=args.epic)  # fmt: skip
     print(f"split: {results['split']}")
@@ -101,11 +97,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print()
     print(format_dropout_table(results, metric))
     if "epic" in results:
-        from karmma.epic_eval import format_epic
+        from karmma.epic_eval import format_epic, omitted_groups
 
         print()
         print("EPIC-KITCHENS-100 metrics (all modalities each segment has):")
         print(format_epic(results["epic"]))
+        for group in omitted_groups(args.epic):
+            print(f"omitted: {group} in {args.epic}")
     for k, p in paths.items():
         print(f"{k:12s} {p}")
     return 0
@@ -114,8 +112,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_cost(args: argparse.Namespace) -> int:
     from karmma.checkpoint import load_model
     from karmma.cost import cost_table, format_cost_table, write_cost
+    from karmma.paths import writable_out
 
-    models = {name: load_model(path)[0] for name, path in _named(args.models, args.names).items()}
+    named = _named(args.models, args.names)
+    writable_out(args.out)
+    models = {name: load_model(path)[0] for name, path in named.items()}
     table = cost_table(models, repeats=args.repeats, batch_size=args.batch_size)
     paths = write_cost(table, args.out)
     print(format_cost_table(table))
@@ -127,8 +128,13 @@ def cmd_cost(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from karmma.checkpoint import load_model
     from karmma.export import export_onnx, verify_onnx
+    from karmma.outputs import check_file_writable
+    from karmma.paths import no_dangling_link
 
-    model, meta = load_model(args.model)
+    out = no_dangling_link(args.out, "--out")
+    if not out.is_dir():  # a folder is refused by export_onnx, with a file name to use
+        check_file_writable(out, "--out")
+    model, meta = load_model(no_dangling_link(args.model, "model"))
     path = export_onnx(model, meta, args.out)
     report = verify_onnx(model, path, seed=args.seed)
     print(f"exported {path}")
@@ -141,46 +147,59 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from karmma.predict import load_predictor, read_sample
+    from karmma.outputs import check_file_writable, write_json_atomic
+    from karmma.paths import no_dangling_link
+    from karmma.predict import load_predictor, not_a_clip, read_sample
 
     if bool(args.input) == bool(args.clip):
         raise KarmmaError("give one of --input (a features file) or --clip (a video or a folder of frames)")
-    predictor = load_predictor(args.model)
+    if args.input:
+        not_a_clip(args.input)
+    if args.json:
+        check_file_writable(no_dangling_link(args.json, "--json"), "--json")
+    predictor = load_predictor(no_dangling_link(args.model, "model"))
+    reasons: dict[str, str] = {}
     if args.clip:
         from karmma.predict import clip_sample, parse_only
 
         sample = clip_sample(predictor, args.clip, parse_only(args.modalities, predictor))
+        reasons = sample.absent
     else:
-        sample = read_sample(args.input, only=args.modalities)
+        sample = read_sample(no_dangling_link(args.input, "--input"), only=args.modalities)
     out = predictor.predict(sample, topk=args.topk)
+    if args.clip and args.modalities:
+        reasons = {m: reasons.get(m, "left out by --modalities") for m in out["absent"]}
     print(f"modalities used: {', '.join(out['present']) or '-'}   (absent: {', '.join(out['absent']) or '-'})")
+    for why in dict.fromkeys(reasons.values()):
+        print(f"  {', '.join(m for m, w in reasons.items() if w == why)}: {why}")
     for task, rows in out["topk"].items():
         print(f"{task}:")
         for rank, (cid, name, prob) in enumerate(rows, 1):
             print(f"  {rank}. {name} (id {cid})  p={prob:.3f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        write_json_atomic(args.json, {**out, "absent_reasons": reasons} if reasons else out)
     return 0
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from karmma.extractors.extract import run_extract
+    from karmma.extractors.extract import run_extract, sigterm_as_interrupt
 
-    path = run_extract(
-        args.dataset,
-        args.root,
-        args.out,
-        split=args.split,
-        encoder=args.encoder,
-        weights=args.weights,
-        resume=not args.no_resume,
-        progress=_progress(args),
-        on_error=args.on_error,
-        limit=args.limit,
-        workers=args.workers,
-        dtype=args.dtype,
-        options={"annotations": args.annotations, "labels": args.labels, "boxes": args.boxes},
-    )
+    with sigterm_as_interrupt():  # SIGTERM stops cleanly, as Ctrl-C does: what is done is kept
+        path = run_extract(
+            args.dataset,
+            args.root,
+            args.out,
+            split=args.split,
+            encoder=args.encoder,
+            weights=args.weights,
+            resume=not args.no_resume,
+            progress=_progress(args),
+            on_error=args.on_error,
+            limit=args.limit,
+            workers=args.workers,
+            dtype=args.dtype,
+            options={"annotations": args.annotations, "labels": args.labels, "boxes": args.boxes},
+        )
     print(f"feature store: {path}")
     from karmma.data.store_writer import summary_path
 
@@ -197,9 +216,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from karmma.data.store import store_info
+    from karmma.data.store import brief_info, store_info
 
-    print(json.dumps(store_info(args.store), indent=2)[:20000])
+    print(json.dumps(brief_info(store_info(args.store)), indent=2))  # whole (valid JSON), long lists summarised
     return 0
 
 
@@ -255,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--val", help="evaluate on this feature store instead of each model's own val split")
     sp.add_argument("--out", default="runs/eval")
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--repeats", type=int, default=3)
+    sp.add_argument("--repeats", type=positive_int, default=3, help="sensor-dropout repeats per rate (>= 1)")
     sp.add_argument(
         "--split",
         default="val",
@@ -274,8 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("models", nargs="+")
     sp.add_argument("--names")
     sp.add_argument("--out", default="runs/cost")
-    sp.add_argument("--repeats", type=int, default=30)
-    sp.add_argument("--batch-size", type=int, default=1)
+    sp.add_argument("--repeats", type=positive_int, default=30, help="timed forward passes per subset (>= 1)")
+    sp.add_argument("--batch-size", type=positive_int, default=1, help="samples per forward pass (>= 1)")
     sp.set_defaults(func=cmd_cost)
 
     sp = sub.add_parser("export", help="export a model to ONNX (presence mask as an input), verified in onnxruntime")
@@ -287,10 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("predict", help="predict one sample from whatever modalities it has")
     sp.add_argument("model", help="an .onnx file or a checkpoint/run folder")
     sp.add_argument("--input", help=".npz/.safetensors with one (num_tokens, dim) array per available modality")
-    sp.add_argument("--clip", help="a raw clip: a video (MP4/WebM, audio track optional) or a folder of frames, "
-                    "extracted with the model's own extractors")  # fmt: skip
+    sp.add_argument("--clip", help="a raw clip: a video (MP4/WebM/MKV, audio track optional), an audio file (WAV, "
+                    "M4A) or a folder of frames, extracted with the model's own extractors; a stream the clip lacks "
+                    "is absent, and a long clip is read in bounded memory")  # fmt: skip
     sp.add_argument("--modalities", help="use only these (e.g. rgb+audio)")
-    sp.add_argument("--topk", type=_positive_int, default=5, help="how many classes to show per task (>= 1)")
+    sp.add_argument("--topk", type=positive_int, default=5, help="how many classes to show per task (>= 1)")
     sp.add_argument("--json", help="also write the prediction as JSON here")
     sp.set_defaults(func=cmd_predict)
 

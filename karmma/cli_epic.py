@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from karmma.cli_args import positive_int
+
 
 def cmd_import_features(args: argparse.Namespace) -> int:
     from karmma.data.feature_import import import_features
@@ -31,8 +33,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from karmma.data.epic import write_submission
     from karmma.data.store import open_store
     from karmma.epic_eval import make_submission
+    from karmma.outputs import check_file_writable
+    from karmma.paths import no_dangling_link
 
-    model, meta = load_model(args.model)
+    check_file_writable(no_dangling_link(args.out, "--out"), "--out")  # before the predictions
+    model, meta = load_model(no_dangling_link(args.model, "model"))
     data = open_store(args.store, meta.get("feature_set", "teacher"))
     require_samples(data, "prediction")
     check_fits(model.specs, model.tasks, meta.get("class_names", {}), data, f"model {args.model}")
@@ -54,7 +59,7 @@ def add_epic_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--source", required=True, help="the feature file or folder")
     sp.add_argument("--annotations", required=True, help="EPIC_100_train.csv / _validation.csv / _test_timestamps.csv")
     sp.add_argument("--out", required=True, help="the .h5 feature store to write")
-    sp.add_argument("--tokens", type=int, help="tokens per modality (default: the most common clip count)")
+    sp.add_argument("--tokens", type=positive_int, help="tokens per modality (default: the most common clip count)")
     sp.add_argument("--feature-set", default="teacher", help="the feature-set name (data.feature_set)")
     sp.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     sp.add_argument("--no-progress", action="store_true")

@@ -7,6 +7,8 @@ import argparse
 import time
 from pathlib import Path
 
+from karmma.cli_args import positive_int, seed_list
+
 
 def _progress(args: argparse.Namespace) -> bool:
     return not args.no_progress
@@ -36,18 +38,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _seeds(text: str) -> tuple[int, ...]:
-    try:
-        seeds = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds {text!r}: give comma-separated integers, e.g. 0,1,2") from None
-    return seeds
-
-
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from karmma.paths import no_dangling_link
     from karmma.sweep import parse_grid, run_sweep
 
-    report = run_sweep(args.config, parse_grid(args.grid), args.out, teacher=args.teacher, seeds=args.seeds,
+    out = no_dangling_link(args.out, "--out")
+    report = run_sweep(args.config, parse_grid(args.grid), out, teacher=args.teacher, seeds=args.seeds,
                        overrides=args.set, split=args.split, repeats=args.repeats, progress=_progress(args),
                        resume=not args.no_resume)  # fmt: skip
     print(report["markdown"])
@@ -69,8 +65,8 @@ def add_experiment_commands(sub) -> None:
     sp = sub.add_parser("demo", help="teacher -> student -> baselines -> evaluation on the embedded data")
     sp.add_argument("--out", default="runs/demo")
     sp.add_argument("--epochs", type=int, default=None, help="override the presets' epochs")
-    sp.add_argument("--repeats", type=int, default=3, help="sensor-dropout repeats per rate")
-    sp.add_argument("--seeds", type=_seeds, default=(0, 1, 2), help="training seeds, e.g. 0,1,2; mean ± std over them")
+    sp.add_argument("--repeats", type=positive_int, default=3, help="sensor-dropout repeats per rate (>= 1)")
+    sp.add_argument("--seeds", type=seed_list, default=(0, 1, 2), help="training seeds, e.g. 0,1,2 (mean ± std)")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     sp.add_argument("--no-resume", action="store_true", help="start over even if runs exist")
     sp.add_argument("--no-progress", action="store_true")
@@ -80,9 +76,9 @@ def add_experiment_commands(sub) -> None:
     sp.add_argument("--config", required=True, help="preset name or YAML file")
     sp.add_argument("--teacher", help="distil from this teacher run (else train with cross-entropy)")
     sp.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="repeat for a grid")
-    sp.add_argument("--seeds", type=_seeds, default=(0,), help="training seeds, e.g. 0,1,2")
+    sp.add_argument("--seeds", type=seed_list, default=(0,), help="training seeds, e.g. 0,1,2")
     sp.add_argument("--split", default="val", choices=["val", "test"], help="val: choose; test: report an ablation")
-    sp.add_argument("--repeats", type=int, default=1, help="sensor-dropout repeats per rate")
+    sp.add_argument("--repeats", type=positive_int, default=1, help="sensor-dropout repeats per rate (>= 1)")
     sp.add_argument("--out", default="runs/sweep")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     sp.add_argument("--no-resume", action="store_true")
@@ -92,11 +88,11 @@ def add_experiment_commands(sub) -> None:
     sp = sub.add_parser("utd-mhad", help="the UTD-MHAD benchmark: teacher, student, baselines over seeds, cost")
     sp.add_argument("--root", default="../shared/data/utd_mhad")
     sp.add_argument("--out", default="runs/utd_mhad")
-    sp.add_argument("--seeds", type=_seeds, default=(0, 1, 2), help="training seeds, e.g. 0,1,2 (mean ± std over them)")
+    sp.add_argument("--seeds", type=seed_list, default=(0, 1, 2), help="training seeds, e.g. 0,1,2 (mean ± std)")
     sp.add_argument("--epochs", type=int, default=None)
     sp.add_argument("--limit", type=int, default=None, help="only the first N clips per split (smoke tests)")
     sp.add_argument("--val-subject", type=int, default=7, help="the training subject held out for validation")
-    sp.add_argument("--repeats", type=int, default=3)
+    sp.add_argument("--repeats", type=positive_int, default=3, help="sensor-dropout repeats per rate (>= 1)")
     sp.add_argument("--lanes", type=int, choices=(1, 2), default=None,
                     help="2: train the baselines in a second process beside teacher -> student, the CPU threads split "
                          "between them (default: 2 on a machine with 2 or more cores)")  # fmt: skip

@@ -14,7 +14,6 @@ sensors; what a deployment saves is the absent modalities' extractors.)
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 import weakref
@@ -26,6 +25,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 from karmma import modalities
+from karmma.errors import ConfigError
 from karmma.modalities import all_subsets, subset_name
 from karmma.models.karmma import KARMMA
 
@@ -117,6 +117,8 @@ def latency_ms(model: KARMMA, subset: tuple[str, ...], batch: int = 1, repeats: 
 
 def cost_table(models: dict[str, KARMMA], repeats: int = 30, batch_size: int = 1) -> dict:
     """``{model: {subset: {params, flops, peak_memory_bytes, latency_ms}}}`` plus student/teacher ratios."""
+    if repeats < 1 or batch_size < 1:
+        raise ConfigError(f"repeats={repeats}, batch_size={batch_size}: both must be at least 1")
     table: dict = {"batch_size": batch_size, "device": "cpu", "models": {}}
     for name, model in models.items():
         model.eval()
@@ -158,9 +160,11 @@ def format_cost_table(table: dict) -> str:
 
 
 def write_cost(table: dict, out_dir: str | Path) -> dict[str, Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """``cost.json`` and ``cost.md``, each written whole or not at all."""
+    from karmma.outputs import check_writable, write_json_atomic, write_text_atomic
+
+    out = check_writable(out_dir, "--out")
     paths = {"json": out / "cost.json", "markdown": out / "cost.md"}
-    paths["json"].write_text(json.dumps(table, indent=2))
-    paths["markdown"].write_text(format_cost_table(table) + "\n")
+    write_json_atomic(paths["json"], table)
+    write_text_atomic(paths["markdown"], format_cost_table(table) + "\n")
     return paths

@@ -64,6 +64,18 @@ def read_epic_lists(folder: str | Path) -> dict:
     return out
 
 
+def omitted_groups(folder: str | Path) -> list[str]:
+    """The EPIC metric groups the annotation folder lacks the lists for, each with the file(s) it needs."""
+    folder = Path(folder)
+    out = []
+    tails = [n for n in ("EPIC_100_tail_verbs.csv", "EPIC_100_tail_nouns.csv") if not (folder / n).is_file()]
+    if tails:
+        out.append(f"tail (no {' / '.join(tails)})")
+    if not any(folder.glob("EPIC_100_unseen_participant_ids*.csv")):
+        out.append("unseen (no EPIC_100_unseen_participant_ids_{validation,test}.csv)")
+    return out
+
+
 def epic_report(model: torch.nn.Module, data: FeatureSet, annotations: str | Path, where: str = "model") -> dict:
     _require_epic(model, where)
     if not data.labelled:

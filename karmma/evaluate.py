@@ -10,8 +10,9 @@
 from __future__ import annotations
 
 import csv
-import json
+import io
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -151,34 +152,54 @@ def main_metric(tasks: Sequence[str]) -> str:
     return "action_top1" if "action" in tasks else f"{list(tasks)[0]}_top1"
 
 
+def write_figure(plot: Callable[[dict, str, Path], Path], results: dict, metric: str, path: Path) -> Path:
+    """``plot(results, metric, path)`` drawn under a temporary name beside ``path``, then renamed:
+    the figure appears whole or not at all; a full or read-only disk is one named error."""
+    from karmma.outputs import write_failed
+
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        plot(results, metric, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_failed(path, e) from e
+    return path
+
+
+def _csv_text(rows: list[list]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf).writerows(rows)
+    return buf.getvalue()
+
+
 def write_results(results: dict, out_dir: str | Path, tasks: Sequence[str]) -> dict[str, Path]:
-    """JSON with everything, CSVs (per subset; per dropout rate) and the paper-style plots."""
+    """JSON with everything, CSVs (per subset; per dropout rate) and the paper-style plots, each
+    file written whole or not at all (:mod:`karmma.outputs`)."""
+    from karmma.outputs import check_writable, write_json_atomic, write_text_atomic
     from karmma.plots import plot_sensor_dropout, plot_subsets
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable(out_dir, "--out")
     paths = {
         "json": out / "results.json",
         "subsets_csv": out / "subsets.csv",
         "dropout_csv": out / "sensor_dropout.csv",
     }
-    paths["json"].write_text(json.dumps(results, indent=2, sort_keys=True))
+    write_json_atomic(paths["json"], results, sort_keys=True)
     metrics = [f"{t}_top{k}" for t in tasks for k in (1, 5)]
-    with open(paths["subsets_csv"], "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["model", "subset", *metrics, "count", "skipped"])
-        for model, r in results["models"].items():
-            for subset, m in r["subsets"].items():
-                w.writerow([model, subset, *(f"{m[k]:.2f}" for k in metrics), int(m["count"]), int(m["skipped"])])
-    with open(paths["dropout_csv"], "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["model", "rate", *metrics, *(f"{k}_std" for k in metrics)])
-        for model, r in results["models"].items():
-            for rate, m in r["sensor_dropout"].items():
-                w.writerow([model, rate, *(f"{m[k]:.2f}" for k in metrics), *(f"{m[k + '_std']:.2f}" for k in metrics)])
+    rows: list[list] = [["model", "subset", *metrics, "count", "skipped"]]
+    for model, r in results["models"].items():
+        for subset, m in r["subsets"].items():
+            rows.append([model, subset, *(f"{m[k]:.2f}" for k in metrics), int(m["count"]), int(m["skipped"])])
+    write_text_atomic(paths["subsets_csv"], _csv_text(rows))
+    rows = [["model", "rate", *metrics, *(f"{k}_std" for k in metrics)]]
+    for model, r in results["models"].items():
+        for rate, m in r["sensor_dropout"].items():
+            rows.append([model, rate, *(f"{m[k]:.2f}" for k in metrics), *(f"{m[k + '_std']:.2f}" for k in metrics)])
+    write_text_atomic(paths["dropout_csv"], _csv_text(rows))
     metric = main_metric(tasks)
-    paths["dropout_png"] = plot_sensor_dropout(results, metric, out / "sensor_dropout.png")
-    paths["subsets_png"] = plot_subsets(results, metric, out / "subsets.png")
+    paths["dropout_png"] = write_figure(plot_sensor_dropout, results, metric, out / "sensor_dropout.png")
+    paths["subsets_png"] = write_figure(plot_subsets, results, metric, out / "subsets.png")
     return paths
 
 

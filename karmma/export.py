@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -39,10 +40,12 @@ class _Positional(nn.Module):
 
 def export_onnx(model: KARMMA, meta: dict, path: str | Path, opset: int = 17) -> Path:
     """Write ``path`` atomically; the model is left in eval mode (as it was exported)."""
+    from karmma.outputs import check_file_writable, fsync_dir, write_failed
+
     path = Path(path)
     if path.is_dir():
         raise DataError(f"--out {path} is a folder; give a file name, e.g. {path / 'student.onnx'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_file_writable(path, "--out")
     model.eval()
     names = model.modality_names
     tokens, present = dummy_inputs(model.specs, 2)
@@ -64,10 +67,15 @@ def export_onnx(model: KARMMA, meta: dict, path: str | Path, opset: int = 17) ->
         onnx.helper.set_model_props(proto, {"karmma": json.dumps(keep)})
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         tmp.replace(path)
+    except OSError as e:
+        raise write_failed(path, e) from e
     finally:
         tmp.unlink(missing_ok=True)
         model.eval()
+    fsync_dir(path.parent)
     return path
 
 

@@ -1,6 +1,7 @@
 """Fault injection for the reliability tests: ``KARMMA_FAULT=name[@N][:action]`` acts the N-th time
-(default 1st) ``fault_point(name)`` is reached. Actions: ``kill`` (default: SIGKILL the process)
-and ``interrupt`` (raise KeyboardInterrupt, as Ctrl-C does). Inert unless that variable is set."""
+(default 1st) ``fault_point(name)`` is reached. Actions: ``kill`` (default: SIGKILL the process),
+``interrupt`` (raise KeyboardInterrupt, as Ctrl-C does) and ``term`` (send itself SIGTERM). Inert
+unless that variable is set."""
 
 from __future__ import annotations
 
@@ -23,4 +24,7 @@ def fault_point(name: str) -> None:
         if action == "interrupt":
             _counts.pop(name)
             raise KeyboardInterrupt
+        if action == "term":  # SIGTERM to itself, as a scheduler or `kill` stops a process
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         os.kill(os.getpid(), signal.SIGKILL)

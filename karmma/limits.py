@@ -71,3 +71,17 @@ DECLARED_BYTES = Bound(
     "the bytes one array (a pickle's arrays together, one HDF5 dataset, one .npy or .npz member) may declare",
 )
 FRAME_BYTES = Bound("KARMMA_MAX_FRAME_BYTES", 64 << 20, "one frame image (a file or a tar member)")
+ANNOTATION_BYTES = Bound("KARMMA_MAX_ANNOTATION_BYTES", 1 << 30, "one annotation file (CSV or JSON)")
+AUDIO_FRAMES = Bound(
+    "KARMMA_MAX_AUDIO_FRAMES",
+    12_000,
+    "the audio spectrogram frames `predict --clip` keeps of a clip (60 s of 5 ms log-mel frames; "
+    "a longer clip's consecutive frames are averaged down to it)",
+    size=False,
+)
+CLIP_FRAMES = Bound(
+    "KARMMA_MAX_CLIP_FRAMES",
+    2_000,
+    "the video frames `predict --clip` decodes of a clip (spread over it at a stride)",
+    size=False,
+)

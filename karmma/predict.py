@@ -13,7 +13,9 @@ import torch
 
 from karmma.checkpoint import load_model
 from karmma.data.dataset import tokens_from_mapping
+from karmma.data.safe_files import check_features_dtype, read_npz
 from karmma.errors import DataError
+from karmma.limits import DECLARED_BYTES
 from karmma.modalities import ModalitySpec, parse_subset
 
 
@@ -28,24 +30,19 @@ def read_sample(path: str | Path, only: str | None = None) -> dict[str, np.ndarr
             with open(path, "rb") as f:
                 if f.read(4) != b"PK\x03\x04":
                     raise DataError(f"{path}: not an .npz archive (no zip signature); write it with numpy.savez")
-            with np.load(path, allow_pickle=False) as z:
-                sample = {k: z[k] for k in z.files}
+            # each member's declared size and shape checked before its data is read (no zip bomb)
+            sample = read_npz(path)
         else:
             from safetensors.numpy import load_file
 
+            DECLARED_BYTES.check(path.stat().st_size, str(path))  # read whole into memory
             sample = load_file(str(path))
     except DataError:
         raise
-    except ValueError as e:  # an object array inside the .npz: refused, never unpickled
-        raise DataError(f"{path}: holds a non-numeric (object) array ({e}); save float arrays only") from e
     except (OSError, RuntimeError, Exception) as e:  # zip/safetensors decoding errors
         raise DataError(f"{path}: cannot read the sample ({type(e).__name__}: {e}); the file is corrupt") from e
     for name, arr in sample.items():
-        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-            raise DataError(
-                f"{path}: modality {name!r} is a {arr.dtype} array; features must be numbers "
-                "(float32, one (num_tokens, dim) array per modality)"
-            )
+        check_features_dtype(arr.dtype, f"{path}: modality {name!r}")
     if only:
         keep = parse_subset(only, list(sample))
         sample = {k: v for k, v in sample.items() if k in keep}
@@ -112,17 +109,34 @@ def parse_only(only: str | None, predictor: Predictor) -> tuple[str, ...]:
     return tuple(parse_subset(only, names)) if only else tuple(names)
 
 
-def clip_sample(predictor: Predictor, clip: str | Path, modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
+MEDIA_SUFFIXES = (".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".wav", ".mka", ".m4a", ".mp3",
+                  ".aac", ".flac", ".ogg", ".opus", ".jpg", ".jpeg", ".png")  # fmt: skip
+
+
+def not_a_clip(path: str | Path) -> None:
+    """Refuse a raw clip (a video, audio or image file, a folder of frames) given as ``--input``."""
+    path = Path(path)
+    if path.suffix.lower() in MEDIA_SUFFIXES or path.is_dir():
+        raise DataError(f"--input {path} is a raw clip (video, audio or frames), not a features file: "
+                        f"pass it with --clip {path} to run the model's own extractors on it")  # fmt: skip
+
+
+def clip_sample(predictor: Predictor, clip: str | Path, modalities: tuple[str, ...]):
     """A raw clip -> ``{modality: (num_tokens, dim)}`` with the model's own extractors (its store's
-    reader and encoder family, at the size of its feature set); streams the clip lacks are absent."""
-    from karmma.data.readers import reader_class
+    reader and encoder family, at the size of its feature set): a :class:`~karmma.data.readers.Raw`
+    whose ``absent`` says why each asked modality the clip lacks is missing (no audio track, no
+    video stream, ...). A clip with none of the asked modalities is refused, naming what it has."""
+    from karmma.data.clips import VIDEO_MODALITIES
+    from karmma.data.readers import Raw, reader_class
     from karmma.extractors.extract import backbone_encoder, pool_encoder
+    from karmma.extractors.media import NoStream, TooFewFrames, clip_streams
+    from karmma.paths import no_dangling_link
 
     ex = predictor.extractor
     if not ex.get("reader"):
         raise DataError("this model records no extractor (trained on a store from an older karmma or another tool); "
                         "extract the clip's features yourself and pass them with --input")  # fmt: skip
-    clip = Path(clip)
+    clip = no_dangling_link(clip, "--clip")
     if not clip.exists():
         raise DataError(f"clip {clip} does not exist")
     reader = reader_class(ex["reader"])
@@ -130,5 +144,21 @@ def clip_sample(predictor: Predictor, clip: str | Path, modalities: tuple[str, .
     if make is None:
         raise DataError(f"predict --clip runs pool and efficientnet extractors; this model's are {ex['encoder']!r} "
                         "(extract the clip's features with your encoders and pass --input)")  # fmt: skip
-    raw = reader.read_clip(clip, modalities)
-    return {m: make(reader.modalities[m], ex.get("feature_set", "teacher"))(raw[m]) for m in modalities if m in raw}
+    try:
+        raw = reader.read_clip(clip, modalities)
+    except (NoStream, TooFewFrames) as e:  # none of the asked streams is in the clip
+        raw = Raw()
+        raw.absent.update(dict.fromkeys(modalities, e.what))
+    size = ex.get("feature_set", "teacher")
+    sample = Raw({m: make(reader.modalities[m], size)(raw[m]) for m in modalities if m in raw})
+    sample.absent = {m: raw.absent.get(m, "not in the clip") for m in modalities if m not in raw}
+    if not sample:
+        streams = clip_streams(clip)
+        stream = {m: "video" for m in VIDEO_MODALITIES} | {"audio": "audio"}
+        has = [s.name for s in predictor.specs if s.name not in sample.absent and stream.get(s.name) in streams]
+        why = "; ".join(dict.fromkeys(sample.absent.values()))
+        if has:
+            raise DataError(f"{clip}: the clip has {why}; it has {', '.join(has)} — drop --modalities or ask for those")
+        names = ", ".join(s.name for s in predictor.specs)
+        raise DataError(f"{clip}: the clip has {why}; this model takes {names}, and the clip has none of them")
+    return sample

@@ -10,8 +10,8 @@ per setting and subset: the paper's Figure 5 when the grid is ``modality_dropout
 
 from __future__ import annotations
 
+import hashlib
 import itertools
-import json
 import logging
 import re
 from pathlib import Path
@@ -21,6 +21,7 @@ import numpy as np
 from karmma.config import load_config
 from karmma.errors import ConfigError
 from karmma.evaluate import main_metric
+from karmma.outputs import write_json_atomic, write_text_atomic
 from karmma.presets import preset_path
 from karmma.runs import run_distill, run_evaluate, run_train
 from karmma.seeds import aggregate, format_summary
@@ -29,20 +30,57 @@ log = logging.getLogger(__name__)
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
-    """``["distill.alpha=0.3,0.5", ...]`` -> ``{"distill.alpha": ["0.3", "0.5"], ...}``."""
+    """``["distill.alpha=0.3,0.5", ...]`` -> ``{"distill.alpha": ["0.3", "0.5"], ...}``. A key given
+    twice, a repeated or empty value, and ``seed`` (trained over by ``--seeds``) are refused."""
     grid: dict[str, list[str]] = {}
     for item in items:
         key, sep, values = item.partition("=")
+        key = key.strip()
         if not sep or not key or not values:
             raise ConfigError(f"--grid {item!r}: write KEY=V1,V2,... (e.g. distill.alpha=0.3,0.5,0.7)")
-        grid[key.strip()] = [v.strip() for v in values.split(",")]
+        if key == "seed":
+            raise ConfigError(f"--grid {item!r}: the seed is not a grid key — every setting is trained with each "
+                              f"seed of --seeds; write --seeds {values.strip()}")  # fmt: skip
+        if key in grid:
+            raise ConfigError(f"--grid {key} is given twice; give its values once: --grid {key}=V1,V2,...")
+        grid[key] = [v.strip() for v in values.split(",")]
+        if "" in grid[key]:
+            raise ConfigError(f"--grid {item!r}: an empty value; write KEY=V1,V2,... without empty entries")
+        repeated = sorted({v for v in grid[key] if grid[key].count(v) > 1})
+        if repeated:
+            raise ConfigError(f"--grid {item!r}: the value(s) {', '.join(repeated)} repeated; give each value once")
     if not grid:
         raise ConfigError("give at least one --grid KEY=V1,V2,...")
     return grid
 
 
 def _slug(setting: dict[str, str]) -> str:
-    return "_".join(f"{k.split('.')[-1]}={v}" for k, v in setting.items()) or "base"
+    """A folder name for a setting: ``key=value`` pairs joined by ``_``, anything but letters,
+    digits and ``._=+-`` (and ``..``) replaced by ``-``: no path separator, never ``.`` or ``..``. A
+    name so changed, or cut for length, ends with a hash of the setting."""
+    text = "_".join(f"{k.split('.')[-1]}={v}" for k, v in setting.items()) or "base"
+    slug = re.sub(r"[^A-Za-z0-9._=+-]|\.{2,}", "-", text)
+    slug = re.sub(r"-{2,}", "-", slug).strip(".-") or "setting"
+    if len(slug) > 80 or slug != text:
+        slug = f"{slug[:64]}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+    return slug
+
+
+def run_folders(out: Path, settings: list[dict[str, str]]) -> list[Path]:
+    """One distinct folder under ``out`` per setting (:func:`_slug`), checked to stay inside it."""
+    root, seen, folders = out.resolve(), set(), []
+    for setting in settings:
+        slug = base = _slug(setting)
+        n = 1
+        while slug.lower() in seen:  # two settings that slug alike (or differ only in case)
+            n += 1
+            slug = f"{base}-{n}"
+        seen.add(slug.lower())
+        folder = out / slug
+        if folder.resolve().parent != root:
+            raise ConfigError(f"--grid {setting}: its run folder {folder} would lie outside --out {out}")
+        folders.append(folder)
+    return folders
 
 
 def run_sweep(
@@ -57,18 +95,28 @@ def run_sweep(
     progress: bool = False,
     resume: bool = True,
 ) -> dict:
+    from karmma.outputs import check_writable
+
     out = Path(out_dir)
+    if "seed" in grid:
+        raise ConfigError("the seed is not a grid key; every setting is trained with each seed of --seeds")
+    if not seeds or len(set(seeds)) != len(seeds) or repeats < 1:
+        raise ConfigError(f"seeds {list(seeds)} and repeats {repeats}: distinct seeds, at least one, repeats >= 1")
     settings = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
     for setting in settings:  # every config parses before anything trains
         load_config(preset_path(config), [*(overrides or []), *(f"{k}={v}" for k, v in setting.items())])
+    folders = run_folders(out, settings)
+    check_writable(out, "--out")  # before the first run trains
     per_seed: list[dict] = [{"models": {}} for _ in seeds]
     tasks: list[str] = []
-    for setting in settings:
+    runs: dict[str, str] = {}  # setting -> its run folder
+    for setting, folder in zip(settings, folders):
         name = ", ".join(f"{k}={v}" for k, v in setting.items())
+        runs[name] = str(folder)
         for i, seed in enumerate(seeds):
             sets = [*(overrides or []), *(f"{k}={v}" for k, v in setting.items()), f"seed={seed}"]
             cfg = load_config(preset_path(config), sets)
-            run = out / _slug(setting) / f"seed{seed}"
+            run = folder / f"seed{seed}"
             log.info("sweep %s, seed %d", name, seed)
             if teacher:
                 run_distill(cfg, teacher, run, resume=resume, progress=progress)
@@ -95,19 +143,20 @@ def run_sweep(
     verdict = (f"best on {split}: {ranked[0]['setting']}" if split == "val" else
                f"highest on {split}: {ranked[0]['setting']} (an ablation report: choose on val)")  # fmt: skip
     md = "\n".join([*lines, "", verdict, "", format_summary(summary, metric)])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.md").write_text(md + "\n")
     report = {"config": str(config), "grid": grid, "seeds": list(seeds), "split": split, "metric": metric,
-              "teacher": str(teacher) if teacher else None, "ranked": ranked, "summary": summary}  # fmt: skip
-    (out / "sweep.json").write_text(json.dumps(report, indent=2))
+              "teacher": str(teacher) if teacher else None, "ranked": ranked, "summary": summary,
+              "runs": runs}  # fmt: skip
+    write_text_atomic(out / "sweep.md", md + "\n")
+    write_json_atomic(out / "sweep.json", report)
     _plot(summary, metric, out / "subsets.png")
     return {**report, "markdown": md}
 
 
 def _plot(summary: dict, metric: str, path: Path) -> None:
+    from karmma.evaluate import write_figure
     from karmma.plots import plot_subsets
 
     short = {n: re.sub(r"(^|, )[\w.]*\.(\w+=)", r"\1\2", n) for n in summary["models"]}  # p=0.25, not the key path
     means = {"models": {short[n]: {"subsets": {k: {metric: v["mean"]} for k, v in r["subsets"].items()}}
                         for n, r in summary["models"].items()}}  # fmt: skip
-    plot_subsets(means, metric, path)
+    write_figure(plot_subsets, means, metric, path)

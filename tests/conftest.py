@@ -72,3 +72,23 @@ def preset_specs(pair: str):
     # EPIC-100 from community features: the same 1024-d TBN features for both (fusion-only cost).
     epic = [ModalitySpec(m, 8, 1024) for m in ("rgb", "flow", "audio")]
     return epic, epic, {"verb": 97, "noun": 300, "action": 3806}
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """Train and validation stores written by the library (:func:`tests.hostile.synthetic_store`)."""
+    from tests.hostile import synthetic_store
+
+    d = tmp_path_factory.mktemp("stores")
+    return synthetic_store(d / "train.h5", "train"), synthetic_store(d / "val.h5", "val")
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory, stores):
+    """``karmma train --config demo_teacher`` (one quick epoch) on :func:`stores`."""
+    from karmma.cli import main
+    from tests.hostile import QUICK, store_args
+
+    run = tmp_path_factory.mktemp("runs") / "teacher"
+    assert main(["train", "--config", "demo_teacher", "--run-dir", str(run), *QUICK, *store_args(*stores)]) == 0
+    return run

@@ -100,3 +100,41 @@ def small_disk(where: Path, size: str = "256k", read_only: bool = False):
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def train_demo_student(run: Path) -> Path:
+    """The demo's student architecture trained from its shipped preset (dropout 0.1 on), one quick
+    epoch on a small synthetic set, through the CLI."""
+    assert main(["train", "--config", "demo_student", "--run-dir", str(run), *QUICK,
+                 "--set", "data.synthetic.num_train=96", "--set", "data.synthetic.num_val=32"]) == 0  # fmt: skip
+    return run
+
+
+def train_clip_model(root: Path, reader: str) -> Path:
+    """A model whose extractor is recorded, for ``predict --clip``: ``video`` (rgb, flow, a 32-band
+    spectrogram; six clips with sound) or ``epic100`` (rgb, flow, 128-band log-mel; a tiny EPIC tree
+    and ``test.h5``, an unlabelled store of two segments for ``karmma submit``), extracted and
+    trained (student preset, one epoch) through the CLI. Returns the run folder."""
+    from tests.media_trees import clip_frames, epic_csv, epic_tree, tone, write_clip
+
+    if reader == "video":
+        rows = []
+        for i in range(6):
+            write_clip(root / f"c{i}.mp4", clip_frames(12, kind=i % 2), 12, tone(1.0, 440.0 * (1 + i % 2)))
+            rows.append(f"c{i},{'ab'[i % 2]},c{i}.mp4\n")
+        (root / "labels.csv").write_text("id,label,video\n" + "".join(rows))
+        argv, config = ["extract", "video", "--root", str(root)], "demo_student"
+    else:
+        epic_tree(root / "tree", frames_too=False)
+        rows = [(f"P01_01_{k}", "P01_01", 1 + 10 * k, 20 + 10 * k, k % 2, k % 3) for k in range(4)]
+        ann = epic_csv(root / "EPIC_100_train.csv", rows)
+        rows = [("P02_01_0", "P02_01", 1, 30, 0, 0), ("P02_01_1", "P02_01", 31, 60, 0, 0)]
+        test = epic_csv(root / "EPIC_100_test_timestamps.csv", rows, labelled=False)
+        argv = ["extract", "epic100", "--root", str(root / "tree"), "--annotations"]
+        assert main([*argv, str(test), "--out", str(root / "test.h5"), "--no-progress"]) == 0
+        argv, config = [*argv, str(ann)], "epic100_student"
+    assert main([*argv, "--out", str(root / "train.h5"), "--no-progress"]) == 0
+    run = root / "run"
+    store = root / "train.h5"
+    assert main(["train", "--config", config, "--run-dir", str(run), *QUICK, *store_args(store, store, "student")]) == 0
+    return run

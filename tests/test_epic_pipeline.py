@@ -55,6 +55,13 @@ def test_epic100_extract_train_distill_evaluate_submit_predict(tmp_path, capsys)
         assert set(epic[model]) == {"overall", "tail", "unseen"}
         assert epic[model]["unseen"]["verb_top1"] == epic[model]["overall"]["verb_top1"]  # all val is P02
         assert 0 <= epic[model]["overall"]["action_top5"] <= 100
+    # an annotation folder without the tail / unseen lists: those groups are named as omitted
+    (tmp_path / "bare").mkdir()
+    assert main(["evaluate", runs[1], "--epic", str(tmp_path / "bare"), "--out", str(tmp_path / "eval_bare"),
+                 "--repeats", "1", "--no-progress"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "omitted: tail (no EPIC_100_tail_verbs.csv / EPIC_100_tail_nouns.csv)" in printed
+    assert "omitted: unseen (no EPIC_100_unseen_participant_ids" in printed and "| student | tail |" not in printed
     # the unlabelled test split cannot be evaluated, only submitted
     assert main(["evaluate", str(tmp_path / "student"), "--val", str(stores["test"]), "--out", str(tmp_path / "e2"),
                  "--no-progress"]) == 2  # fmt: skip

@@ -9,16 +9,13 @@ import onnx
 import pytest
 
 from karmma.cli import main
-from tests.hostile import QUICK, cli
+from tests.hostile import cli, train_demo_student
 
 
 @pytest.fixture(scope="module")
 def student_run(tmp_path_factory):
     """The demo's student architecture trained from its shipped preset (dropout 0.1 on)."""
-    run = tmp_path_factory.mktemp("runs") / "student"
-    assert main(["train", "--config", "demo_student", "--run-dir", str(run), *QUICK,
-                 "--set", "data.synthetic.num_train=96", "--set", "data.synthetic.num_val=32"]) == 0  # fmt: skip
-    return run
+    return train_demo_student(tmp_path_factory.mktemp("runs") / "student")
 
 
 @pytest.fixture(scope="module")

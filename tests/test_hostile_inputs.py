@@ -23,22 +23,6 @@ from tests.hostile import QUICK, SMALL, cli, corrupt_chunk, renamed, store_args,
 DISK_FULL = 'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
 
 
-@pytest.fixture(scope="module")
-def stores(tmp_path_factory):
-    d = tmp_path_factory.mktemp("stores")
-    return synthetic_store(d / "train.h5", "train"), synthetic_store(d / "val.h5", "val")
-
-
-@pytest.fixture(scope="module")
-def teacher_run(tmp_path_factory, stores):
-    """``karmma train --config demo_teacher`` on the library-written stores."""
-    run = tmp_path_factory.mktemp("runs") / "teacher"
-    from karmma.cli import main
-
-    assert main(["train", "--config", "demo_teacher", "--run-dir", str(run), *QUICK, *store_args(*stores)]) == 0
-    return run
-
-
 def test_train_on_an_empty_store_is_refused(tmp_path, capsys):
     # An extraction stopped before its first sample: the store exists, no sample is done.
     with FeatureStoreWriter(tmp_path / "empty.h5", ["a", "b"], {"action": [0, 1]}, {"action": 2},

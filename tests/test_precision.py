@@ -11,13 +11,7 @@ from karmma.checkpoint import load_model
 from karmma.config import load_config
 from karmma.errors import ConfigError
 from karmma.presets import preset_path
-from tests.hostile import QUICK, cli, store_args, synthetic_store
-
-
-@pytest.fixture(scope="module")
-def stores(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("stores")
-    return synthetic_store(tmp / "t.h5", "train"), synthetic_store(tmp / "v.h5", "val")
+from tests.hostile import QUICK, cli, store_args
 
 
 def _weights(run):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from karmma.data.checksums import unwritten_rows
 from karmma.errors import DataError
 from karmma.modalities import ModalitySpec, check_mask
 
@@ -95,6 +96,7 @@ class FeatureSet:
     values_checked: bool = False  # validate_features() has passed on this set (in this process)
     chunk_rows: int | None = None  # samples per storage chunk of the store it comes from (None: no store)
     labelled: bool = True  # False: labels are -1 (e.g. the EPIC test split), for prediction only
+    checksums: np.ndarray | None = None  # (N, M) CRC-32 of each present row as written (karmma.data.checksums)
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -107,6 +109,9 @@ class FeatureSet:
         self.present = np.asarray(self.present, dtype=bool)
         if self.present.shape != (n, len(names)):
             raise DataError(f"{self.source}: presence mask has shape {self.present.shape}, expected {(n, len(names))}")
+        if self.checksums is not None and np.shape(self.checksums) != self.present.shape:
+            raise DataError(f"{self.source}: per-row checksums have shape {np.shape(self.checksums)}, expected "
+                            f"{self.present.shape}; the store is corrupt — re-extract it")  # fmt: skip
         for s in self.specs:
             shape = tuple(self.features[s.name].shape)
             if shape != (n, *s.shape):
@@ -228,6 +233,7 @@ class FeatureSet:
             values_checked=self.values_checked,
             chunk_rows=chunk_rows,
             labelled=self.labelled,
+            checksums=None if self.checksums is None else self.checksums[idx],
         )
 
 
@@ -268,7 +274,8 @@ def validate_features(data: FeatureSet, role: str, chunk: int = 1024) -> None:
             idx = idx[data.present[idx, m]]
             if not len(idx):
                 continue
-            nonfinite, big = invalid_rows(data._read(s.name, idx))
+            x = data._read(s.name, idx, keep_dtype=True)
+            nonfinite, big = invalid_rows(x)
             for bad, what in ((nonfinite, "NaN/Inf values"), (big, f"values beyond ±{MAX_ABS_FEATURE:g}")):
                 if bad.any():
                     raise DataError(
@@ -276,6 +283,13 @@ def validate_features(data: FeatureSet, role: str, chunk: int = 1024) -> None:
                         f"{[data.ids[i] for i in idx[bad][:5]]} holds {what}; re-extract those samples "
                         "or mark the modality absent"
                     )
+            # a store's rows marked done but never written (a full disk); data built in memory has no such rows
+            lost = unwritten_rows(x, data.checksums[idx, m]) if data.checksums is not None else idx[:0]
+            if lost.any():  # marked done by an extraction whose disk filled: never on disk
+                raise DataError(f"{data.source}: {role} split, modality {s.name!r} of sample(s) "
+                                f"{[data.ids[i] for i in idx[lost][:5]]} is marked written but holds no features "
+                                "(all zeros, not what was written); re-extract the store with "
+                                "`karmma extract ... --no-resume`")  # fmt: skip
     data.values_checked = True
 
 

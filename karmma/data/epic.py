@@ -10,7 +10,6 @@ or either — for actions — is in the tail class lists) and ``unseen`` partici
 from __future__ import annotations
 
 import ast
-import csv
 import functools
 import json
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from karmma.data.csv_files import read_rows
 from karmma.errors import DataError
 from karmma.metrics import topk_hits
 
@@ -38,23 +38,19 @@ class Segment:
     narration: str = ""
 
 
-def _rows(path: str | Path, required: list[str]) -> list[dict]:
+def _rows(path: str | Path, required: list[str], id_column: str | None = None) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise DataError(
             f"{path} does not exist; get it from https://github.com/epic-kitchens/epic-kitchens-100-annotations"
         )
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in required if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {missing}; is this an EPIC-KITCHENS-100 annotation CSV?")
-        return list(reader)
+    return read_rows(path, required, "EPIC-KITCHENS-100 annotation CSV", id_column)
 
 
-def read_classes(path: str | Path) -> list[str]:
-    """``EPIC_100_{verb,noun}_classes.csv`` -> class keys indexed by id."""
-    rows = _rows(path, ["id", "key"])
+def read_classes(path: str | Path, expect: int | None = None) -> list[str]:
+    """``EPIC_100_{verb,noun}_classes.csv`` -> class keys indexed by id (``expect``: how many the
+    task has; a list of another length is refused)."""
+    rows = _rows(path, ["id", "key"], id_column="id")
     keys = {}
     for i, r in enumerate(rows, start=2):
         try:
@@ -63,37 +59,53 @@ def read_classes(path: str | Path) -> list[str]:
             raise DataError(f"{path}, line {i}: id {r['id']!r} is not an integer") from e
     if sorted(keys) != list(range(len(keys))):
         raise DataError(f"{path}: class ids are not 0..{len(keys) - 1}")
+    if expect is not None and len(keys) != expect:
+        raise DataError(f"{path}: lists {len(keys)} classes, the task has {expect}; use the file of the "
+                        "EPIC-KITCHENS-100 release (or remove it: the ids then name the classes)")  # fmt: skip
     return [keys[i] for i in range(len(keys))]
 
 
 def read_class_instances(path: str | Path) -> dict[str, int]:
     """Every instance word of ``EPIC_100_*_classes.csv`` mapped to its class id."""
     out = {}
-    for r in _rows(path, ["id", "key", "instances"]):
-        for word in ast.literal_eval(r["instances"]):
-            out[word] = int(r["id"])
+    for i, r in enumerate(_rows(path, ["id", "key", "instances"]), start=2):
+        try:
+            words = ast.literal_eval(r["instances"])
+            cid = int(r["id"])
+        except (ValueError, SyntaxError, MemoryError, RecursionError) as e:
+            raise DataError(f"{path}, line {i}: instances {r['instances'][:60]!r} is not a list of words") from e
+        if not isinstance(words, (list, tuple)):
+            raise DataError(f"{path}, line {i}: instances {r['instances'][:60]!r} is not a list of words")
+        for word in words:
+            out[str(word)] = cid
     return out
 
 
 def read_annotations(path: str | Path, num_verbs: int = NUM_VERBS, num_nouns: int = NUM_NOUNS) -> list[Segment]:
-    """Train/validation CSV (with labels) or test timestamps CSV (without)."""
-    rows = _rows(path, ["narration_id", "participant_id", "video_id", "start_frame", "stop_frame"])
+    """Train/validation CSV (with labels) or test timestamps CSV (without). Every narration id is
+    distinct; frame numbers are 0 or more, ``stop_frame`` not before ``start_frame``."""
+    rows = _rows(path, ["narration_id", "participant_id", "video_id", "start_frame", "stop_frame"], "narration_id")
     out = []
     for i, r in enumerate(rows, start=2):
         try:
             verb = int(r["verb_class"]) if r.get("verb_class") not in (None, "") else None
             noun = int(r["noun_class"]) if r.get("noun_class") not in (None, "") else None
             seg = Segment(r["narration_id"], r["participant_id"], r["video_id"], int(r["start_frame"]),
-                          int(r["stop_frame"]), verb, noun, r.get("narration", ""))  # fmt: skip
+                          int(r["stop_frame"]), verb, noun, r.get("narration", "") or "")  # fmt: skip
         except ValueError as e:
             raise DataError(f"{path}, line {i} ({r.get('narration_id')}): {e}") from e
         if verb is not None and not 0 <= verb < num_verbs:
             raise DataError(f"{path}, line {i} ({seg.narration_id}): unknown verb class {verb} (0..{num_verbs - 1})")
         if noun is not None and not 0 <= noun < num_nouns:
             raise DataError(f"{path}, line {i} ({seg.narration_id}): unknown noun class {noun} (0..{num_nouns - 1})")
+        if seg.start_frame < 0:
+            raise DataError(f"{path}, line {i} ({seg.narration_id}): start_frame {seg.start_frame} is negative")
         if seg.stop_frame < seg.start_frame:
-            raise DataError(f"{path}, line {i} ({seg.narration_id}): stop_frame < start_frame")
+            raise DataError(f"{path}, line {i} ({seg.narration_id}): stop_frame {seg.stop_frame} < start_frame "
+                            f"{seg.start_frame}")  # fmt: skip
         out.append(seg)
+    if not out:
+        raise DataError(f"{path}: has a header but no segment")
     return out
 
 
@@ -111,15 +123,19 @@ def class_names_beside(annotations: Path) -> dict[str, list[str]]:
     out = {}
     for task, n in TASKS.items():
         path = Path(annotations).parent / f"EPIC_100_{task}_classes.csv"
-        out[task] = read_classes(path) if path.is_file() else [str(i) for i in range(n)]
+        out[task] = read_classes(path, n) if path.is_file() else [str(i) for i in range(n)]
     return out
 
 
 def read_id_list(path: str | Path, column: str) -> set:
     """``EPIC_100_tail_{verbs,nouns}.csv`` (ints) or the unseen participants CSV (strings)."""
-    rows = _rows(path, [column])
-    vals = [r[column] for r in rows]
-    return {int(v) for v in vals} if column in ("verb", "noun") else set(vals)
+    vals = [r[column] for r in _rows(path, [column])]
+    if column not in ("verb", "noun"):
+        return set(vals)
+    try:
+        return {int(v) for v in vals}
+    except ValueError as e:
+        raise DataError(f"{path}: a {column} class id that is not an integer ({e})") from e
 
 
 def action_classes(segments: list[Segment]) -> dict[tuple[int, int], int]:
@@ -218,19 +234,21 @@ def submission_json(
 
 
 def write_submission(path: str | Path, submission: dict) -> Path:
-    """``.zip``: the archive the challenge server takes (``test.json`` inside); else plain JSON."""
+    """``.zip``: the archive the challenge server takes (``test.json`` inside); else plain JSON.
+    Written whole or not at all (:func:`karmma.outputs.write_bytes_atomic`)."""
+    import io
     import zipfile
 
+    from karmma.outputs import write_bytes_atomic
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
+    data = json.dumps(submission).encode("utf-8")
     if path.suffix == ".zip":
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
-            z.writestr("test.json", json.dumps(submission))
-    else:
-        tmp.write_text(json.dumps(submission))
-    tmp.replace(path)
-    return path
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            z.writestr("test.json", data)
+        data = buf.getvalue()
+    return write_bytes_atomic(path, data)
 
 
 def action_id(verb, noun):

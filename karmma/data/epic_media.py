@@ -35,6 +35,7 @@ from karmma.data import epic
 from karmma.data.readers import READERS, DatasetReader, Kind, Raw, SampleRef, or_absent
 from karmma.errors import DataError
 from karmma.extractors.media import AUDIO_RATE, MEL_BANDS, log_mel, read_audio, read_image, read_video
+from karmma.limits import FRAME_BYTES
 
 FRAME_SIZE = (64, 64)  # (H, W) the frozen encoders see
 NUM_FRAMES = 16  # frames sampled evenly over a segment (paper-unknown default)
@@ -53,8 +54,12 @@ def flow_index(video_id: str, rgb_frame: int) -> int:
     return rgb_frame if _EXTENSION.match(video_id) else (rgb_frame - 1) // 2 + 1
 
 
-def sample_frames(start: int, stop: int, n: int = NUM_FRAMES) -> np.ndarray:
-    """``n`` frame numbers spread evenly over [start, stop] (segment centres), frame 0 -> 1."""
+def sample_frames(start: int, stop: int, n: int = NUM_FRAMES, where: str = "a segment") -> np.ndarray:
+    """``n`` frame numbers spread evenly over [start, stop] (segment centres). Frame 0 is read as
+    1 (the one clamp: see the module docstring); a negative or reversed range is refused."""
+    if start < 0 or stop < start:
+        why = f"start_frame {start} is negative" if start < 0 else f"stop_frame {stop} is before start_frame {start}"
+        raise DataError(f"{where}: {why}; fix its row in the annotations")
     start, stop = max(1, start), max(1, stop)
     edges = np.linspace(start, stop + 1, n + 1)
     return np.floor((edges[:-1] + edges[1:]) / 2).astype(int).clip(start, stop)
@@ -73,7 +78,11 @@ class FrameSource:
         self._members: dict[str, tarfile.TarInfo] = {}
 
     def exists(self) -> bool:
-        return self.folder.is_dir() or self.tar_path.is_file()
+        """Something is where the frames go (whether it holds frames is found when they are read)."""
+        try:
+            return self.folder.exists() or self.tar_path.exists()
+        except OSError:  # not even visible (permissions): reading names it
+            return True
 
     def close(self) -> None:
         if self._tar is not None:
@@ -81,11 +90,23 @@ class FrameSource:
             self._tar = None
 
     def read(self, name: str, size: tuple[int, int], grey: bool = False) -> np.ndarray:
+        """Frame ``name`` (e.g. ``frame_0000000001.jpg``, ``u/...`` for flow) resized to ``size``."""
+        try:
+            return self._read(name, size, grey)
+        except OSError as e:  # the folder or the tar cannot be looked into (permissions, I/O)
+            where = e.filename or self.folder
+            raise DataError(f"{where}: cannot read the frames ({e.strerror or e}); check that it is readable") from e
+
+    def _read(self, name: str, size: tuple[int, int], grey: bool) -> np.ndarray:
         if self.folder.is_dir():
             path = self.folder / name
-            if not path.is_file():
+            if not path.exists():
                 raise DataError(f"{path} does not exist (the frame is outside the extracted video)")
-            return read_image(path, size, grey)
+            return read_image(path, size, grey)  # bounded by KARMMA_MAX_FRAME_BYTES, like a member
+        if not self.tar_path.is_file():
+            odd = self.folder if self.folder.exists() else self.tar_path
+            raise DataError(f"{odd} is neither a folder of frame images nor a .tar of them; put the video's frames "
+                            "there, or remove it to read the frames from the video")  # fmt: skip
         if self._tar is None:
             try:
                 self._tar = tarfile.open(self.tar_path)
@@ -95,8 +116,14 @@ class FrameSource:
         member = self._members.get(name)
         if member is None:
             raise DataError(f"{self.tar_path} has no {name} (the frame is outside the extracted video)")
-        f = self._tar.extractfile(member)
-        return read_image(f.read() if f else b"", size, grey)
+        where = f"{self.tar_path}, member {member.name}"
+        FRAME_BYTES.check(member.size, where)  # before reading: a tiny tar can declare a member of gigabytes
+        try:
+            f = self._tar.extractfile(member)
+            data = f.read() if f else b""
+        except (tarfile.TarError, OSError) as e:
+            raise DataError(f"{where}: cannot read it ({e}); the tar is truncated or corrupt: download it again") from e
+        return read_image(data, size, grey, name=where)
 
 
 def flow_image(u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -168,13 +195,14 @@ class EpicReader(DatasetReader):
 
     @classmethod
     def read_clip(cls, path: Path, modalities: tuple[str, ...]) -> Raw:
-        from karmma.extractors.media import decode_clip
+        from karmma.data.clips import clip_modalities
+        from karmma.extractors.audio_stream import log_mel_framing
+        from karmma.extractors.media import MEL_HOP_S, MEL_NFFT, MEL_WINDOW_S, decode_clip
 
-        frames, audio = decode_clip(path, FRAME_SIZE, 2 * NUM_FRAMES)
-        raw = clip_raw(frames, audio, modalities)
-        if audio is None and "audio" in modalities:
-            raw.absent["audio"] = "no audio track"
-        return raw
+        mel = log_mel_framing(AUDIO_RATE, MEL_BANDS, MEL_WINDOW_S, MEL_HOP_S, MEL_NFFT)
+        video = "rgb" in modalities or "flow" in modalities
+        clip = decode_clip(path, FRAME_SIZE, 2 * NUM_FRAMES, mel if "audio" in modalities else None, video)
+        return clip_modalities(clip, modalities, lambda frames: clip_raw(frames, None, modalities))
 
     def _video(self, seg: epic.Segment) -> Path | None:
         for suffix in _VIDEO_SUFFIXES:
@@ -189,9 +217,13 @@ class EpicReader(DatasetReader):
         rgb_src = self._frames(seg.participant_id, "rgb_frames", seg.video_id)
         flow_src = self._frames(seg.participant_id, "flow_frames", seg.video_id)
         video = self._video(seg)
-        picks = sample_frames(seg.start_frame, seg.stop_frame)
-        raw, span = Raw(), ((max(1, seg.start_frame) - 1) / fps, seg.stop_frame / fps)
         what = f"segment {seg.narration_id} ({seg.video_id}, frames {seg.start_frame}-{seg.stop_frame})"
+        raw, span = Raw(), ((max(1, seg.start_frame) - 1) / fps, seg.stop_frame / fps)
+        picks = or_absent(lambda: sample_frames(seg.start_frame, seg.stop_frame, where=what), on_error, what, raw, "_")
+        if picks is None:  # no frame range: nothing of the segment can be read
+            why = raw.absent.pop("_")
+            raw.absent.update({m: why for m in modalities})
+            return raw
 
         decoded, why_video = None, "no video file" if video is None else ""
         from_frames_missing = tuple(m for m, src in (("rgb", rgb_src), ("flow", flow_src))

@@ -17,7 +17,6 @@ without a video to size them) has detections absent, with the reason in the summ
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +40,7 @@ def read_boxes(path: str | Path) -> dict[str, list[dict]]:
         raise DataError(f"{path}: no Something-Else box file (bounding_box_smthsmth_part*.json) found")
     out: dict[str, list[dict]] = {}
     for f in files:
-        try:
-            data = json.loads(f.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"{f}: not valid JSON ({e}); download the box file again") from e
+        data = ssv2.load_json(f, "Something-Else box file")
         if not isinstance(data, dict):
             raise DataError(f"{f}: expected {{video_id: [frames]}} (Something-Else boxes)")
         out.update({str(k): v for k, v in data.items()})
@@ -54,12 +50,20 @@ def read_boxes(path: str | Path) -> dict[str, list[dict]]:
 def detection_tokens(frames: list[dict], size: tuple[int, int], n: int = NUM_FRAMES) -> np.ndarray:
     """(n, DETECTION_DIM) float32 from one video's box frames, ``size`` = (height, width)."""
     h, w = size
+    if h <= 0 or w <= 0:
+        raise DataError(f"the video's frames are {w}x{h}; boxes cannot be scaled to them")
+    if not isinstance(frames, list) or not frames or not all(isinstance(f, dict) for f in frames):
+        raise DataError("its boxes are not a list of frames ({\"name\": ..., \"labels\": [...]}) as Something-Else "
+                        "gives them")  # fmt: skip
     frames = sorted(frames, key=lambda f: str(f.get("name", "")))
     pick = np.linspace(0, len(frames) - 1, n).round().astype(int)
     out = np.zeros((n, HAND_SLOTS + OBJECT_SLOTS, SLOT_DIM), np.float32)
     for row, i in enumerate(pick):
         hands = 0
-        for lab in frames[i].get("labels", []):
+        labels = frames[i].get("labels") or []
+        if not isinstance(labels, list) or not all(isinstance(lab, dict) for lab in labels):
+            raise DataError(f"frame {str(frames[i].get('name'))[:60]}: labels are not a list of boxes")
+        for lab in labels:
             box, cat = lab.get("box2d") or {}, str(lab.get("standard_category", ""))
             if cat == "hand":
                 if hands >= HAND_SLOTS:

@@ -10,6 +10,8 @@ Layout (``format = karmma-feature-store``, ``version = 1``)::
     done       (N,) bool      sample written (extraction resumes from here)
     labels/<task> (N,) int64
     features/<set>/<modality> (N, num_tokens, dim) float32 or float16, chunked by samples (~1 MiB)
+    checksums/<set> (N, M) uint32  CRC-32 of each present row as written (:mod:`karmma.data.checksums`)
+    reasons    (N,)           JSON {modality: why it is absent} per sample ("" if none): the summary's source
 
 Reading is lazy (h5py datasets, each with a chunk cache that holds a shuffle window: see
 :func:`karmma.data.order.epoch_order`) or in memory (``in_memory=True``, the default for small
@@ -27,9 +29,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from karmma.data.checksums import NO_RECORD
 from karmma.data.dataset import FeatureSet, RowView
+from karmma.data.safe_files import check_hdf5, declared_bytes
 from karmma.data.store_writer import FORMAT, VERSION, FeatureStoreWriter, write_store
-from karmma.errors import DataError
+from karmma.errors import ConfigError, DataError
 from karmma.modalities import ModalitySpec
 
 log = logging.getLogger(__name__)
@@ -37,6 +41,7 @@ log = logging.getLogger(__name__)
 __all__ = ["FeatureStoreWriter", "LazyH5", "open_store", "store_info", "write_store"]
 
 _IN_MEMORY_LIMIT = 2 * 1024**3
+_MAX_META_DEPTH = 16
 CACHE_CHUNKS = 24  # chunks each lazily read dataset keeps decompressed: above data.shuffle_chunks
 
 
@@ -44,18 +49,39 @@ def store_info(path: str | Path) -> dict:
     """The store's metadata (modalities, feature sets, tasks, class names, sample count)."""
     with _open(Path(path)) as h5:
         meta = _meta(h5, Path(path))
-        meta["num_samples"] = int(h5["ids"].shape[0])
-        meta["num_done"] = int(h5["done"][:].sum())
+        try:
+            meta["num_samples"] = int(h5["ids"].shape[0])
+            meta["num_done"] = int(np.count_nonzero(h5["done"][:]))
+        except (KeyError, AttributeError, TypeError, IndexError, OSError) as e:
+            raise DataError(f"{path}: no readable ids/done datasets ({e}); the store is corrupt — re-extract it") from e
         return meta
 
 
+def brief_info(info: dict, names: int = 5) -> dict:
+    """``info`` for printing: a long class-name list becomes its count and first few names."""
+    out = dict(info)
+    out["class_names"] = {
+        task: v if not isinstance(v, list) or len(v) <= 2 * names else {"count": len(v), "first": v[:names]}
+        for task, v in (info.get("class_names") or {}).items()
+    }
+    return out
+
+
 def _open(path: Path) -> h5py.File:
+    """The store, read-only, once its links and datasets are checked: nothing in it can read
+    another file (:func:`karmma.data.safe_files.check_hdf5`)."""
     if not path.is_file():
         raise DataError(f"feature store {path} does not exist; create it with `karmma extract` first")
     try:
-        return h5py.File(path, "r")
+        h5 = h5py.File(path, "r")
     except OSError as e:
         raise DataError(f"{path}: not a readable HDF5 feature store ({e}); the file is corrupt — re-extract it") from e
+    try:
+        check_hdf5(h5, path, "features/", CACHE_CHUNKS)
+    except BaseException:
+        h5.close()
+        raise
+    return h5
 
 
 def _meta(h5: h5py.File, path: Path) -> dict:
@@ -66,21 +92,34 @@ def _meta(h5: h5py.File, path: Path) -> dict:
             f"{path}: store version {h5.attrs['version']} is newer than this karmma supports; upgrade karmma"
         )
     try:
-        return json.loads(h5.attrs["meta"])
-    except (KeyError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: store metadata is missing or corrupt ({e}); re-extract it") from e
+        meta = json.loads(h5.attrs["meta"])
+    except (KeyError, OSError, TypeError, ValueError, RecursionError) as e:  # ValueError: JSON's decode error
+        raise DataError(f"{path}: store metadata is missing or corrupt ({str(e)[:200]}); re-extract it") from e
+    ok = isinstance(meta, dict) and all(isinstance(meta.get(k, {}), dict) for k in ("feature_sets", "tasks", "extra"))
+    if not ok or _depth(meta) > _MAX_META_DEPTH:
+        raise DataError(f"{path}: store metadata is corrupt (not the layout karmma writes); re-extract it")
+    return meta
+
+
+def _depth(obj: object) -> int:
+    """How deeply JSON ``obj`` nests (walked without recursion)."""
+    deepest, todo = 0, [(obj, 1)]
+    while todo:
+        x, d = todo.pop()
+        deepest = max(deepest, d)
+        if d <= _MAX_META_DEPTH and isinstance(x, dict | list):
+            todo.extend((v, d + 1) for v in (x.values() if isinstance(x, dict) else x))
+    return deepest
 
 
 def open_store(path: str | Path, feature_set: str = "teacher", in_memory: bool | None = None) -> FeatureSet:
     """Open one feature set of a store as a :class:`FeatureSet`.
 
     Samples not yet written (``done`` False, an interrupted extraction) are left out with a
-    warning. ``in_memory=None`` loads files under 2 GiB into memory and reads larger ones lazily,
-    through per-process HDF5 handles (safe in DataLoader workers).
+    warning. ``in_memory=None`` loads a feature set that declares under 2 GiB into memory and reads
+    larger ones lazily, through per-process HDF5 handles (safe in DataLoader workers).
     """
     path = Path(path)
-    if in_memory is None and path.is_file():
-        in_memory = path.stat().st_size < _IN_MEMORY_LIMIT
     with _open(path) as h5:
         meta = _meta(h5, path)
         sets = meta.get("feature_sets", {})
@@ -88,14 +127,20 @@ def open_store(path: str | Path, feature_set: str = "teacher", in_memory: bool |
             raise DataError(f"{path}: no feature set {feature_set!r}; it has {sorted(sets)} (set data.feature_set)")
         try:
             specs = [ModalitySpec(**d) for d in sets[feature_set]]
+            if in_memory is None:  # what the features declare, not the file's size: a compressed store is small
+                names = [f"features/{feature_set}/{s.name}" for s in specs]
+                in_memory = sum(declared_bytes(h5[n].shape, h5[n].dtype) for n in names) < _IN_MEMORY_LIMIT
             ids = list(h5["ids"].asstr()[:])
             done = h5["done"][:]
             present = h5["present"][:]
+            # a store written before per-row checksums has no record: NO_RECORD vouches for no all-zero row
+            key = f"checksums/{feature_set}"
+            sums = h5[key][:] if key in h5 else np.full(present.shape, NO_RECORD, np.uint32)
             labels = {t: h5[f"labels/{t}"][:] for t in meta["tasks"]}
             # read once in memory: no chunk cache needed (it would only raise the peak)
             cache = 0 if in_memory else CACHE_CHUNKS
             features = {s.name: LazyH5(path, f"features/{feature_set}/{s.name}", h5, cache) for s in specs}
-        except (KeyError, OSError) as e:
+        except (KeyError, OSError, AttributeError, TypeError, ConfigError) as e:
             raise DataError(f"{path}: missing or unreadable dataset ({e}); the store is corrupt — re-extract it") from e
     keep = np.flatnonzero(done)
     if len(keep) < len(ids):
@@ -122,6 +167,7 @@ def open_store(path: str | Path, feature_set: str = "teacher", in_memory: bool |
         # the storage layout, kept in memory too: batches follow the same chunk-aware order either way
         chunk_rows=chunk[0] if chunk and all_done else None,
         labelled=bool(meta.get("extra", {}).get("labelled", True)),
+        checksums=sums[keep],
     )
     if in_memory:
         fs = fs.subset(np.arange(len(fs)))

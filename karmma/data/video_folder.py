@@ -5,7 +5,6 @@ audio (a log spectrogram) from the WAV named in ``audio`` or else the video's ow
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -27,21 +26,47 @@ def audio_features(path: Path, bins: int = AUDIO_BINS) -> np.ndarray:
 
 
 def spectrogram(x: np.ndarray, rate: int, bins: int = AUDIO_BINS) -> np.ndarray:
-    """(T, bins) log-magnitude spectrogram of mono audio, averaged into ``bins`` bands."""
-    _, _, z = scipy.signal.stft(x, fs=rate, nperseg=512, noverlap=256)
-    spec = np.log1p(np.abs(z))
-    edges = np.linspace(0, spec.shape[0], bins + 1).astype(int)
-    return np.stack([spec[a : max(a + 1, b)].mean(0) for a, b in zip(edges[:-1], edges[1:])], axis=1).astype(np.float32)
+    """(T, bins) log-magnitude spectrogram of mono audio, averaged into ``bins`` bands: SciPy's STFT
+    (512-sample Hann window, hop 256, zero boundary and end padding), computed block by block."""
+    from karmma.extractors.audio_stream import frames_of
+
+    return frames_of(spectrogram_framing(rate, bins), [np.asarray(x, np.float32).reshape(-1)])
+
+
+def spectrogram_framing(rate: int, bins: int = AUDIO_BINS, nperseg: int = 512, hop: int = 256):
+    """:func:`spectrogram` as a :class:`~karmma.extractors.audio_stream.Framing`: each block is
+    ``scipy.signal.stft`` of a run of the padded signal, so every frame is SciPy's own."""
+    from karmma.extractors.audio_stream import Framing
+
+    def features(run: np.ndarray) -> np.ndarray:
+        _, _, z = scipy.signal.stft(run, fs=rate, nperseg=nperseg, noverlap=nperseg - hop, boundary=None, padded=True)
+        spec = np.log1p(np.abs(z))
+        edges = np.linspace(0, spec.shape[0], bins + 1).astype(int)
+        bands = [spec[a : max(a + 1, b)].mean(0) for a, b in zip(edges[:-1], edges[1:])]
+        return np.stack(bands, axis=1).astype(np.float32)
+
+    # SciPy pads nperseg // 2 zeros at each end, then zeros up to a whole number of hops
+    count = lambda n: -(-(n + nperseg // 2 * 2 - nperseg) // hop) + 1  # noqa: E731
+    return Framing(hop, nperseg, 0, nperseg // 2, count, features, block=2048)  # SciPy's STFT is exact at any block
 
 
 def read_video_labels(root: Path) -> tuple[list[dict], list[str]]:
+    """The rows of ``labels.csv`` (distinct, non-empty ids and labels; ``video``/``audio`` names
+    inside the folder: an absolute path or ``..`` is refused) and the sorted class names."""
+    from karmma.data.csv_files import read_rows
+
     path = root / "labels.csv"
     if not path.is_file():
         raise DataError(f"{path} is missing: a video folder needs labels.csv with columns id,label[,video][,audio]")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "id" not in rows[0] or "label" not in rows[0]:
-        raise DataError(f"{path}: needs a header with at least the columns id and label")
+    rows = read_rows(path, ["id", "label"], "video folder's labels.csv (columns id,label[,video][,audio])", "id")
+    if not rows:
+        raise DataError(f"{path}: has a header but no clip")
+    for line, r in enumerate(rows, start=2):
+        for col in ("video", "audio"):
+            name = r.get(col) or ""
+            if name and (Path(name).is_absolute() or ".." in Path(name).parts):
+                raise DataError(f"{path}, line {line}: {col} {name!r} points outside the folder; name a file "
+                                "inside it (relative, without '..')")  # fmt: skip
     classes = sorted({r["label"] for r in rows})
     return rows, classes
 
@@ -75,16 +100,12 @@ class VideoFolderReader(DatasetReader):
 
     @classmethod
     def read_clip(cls, path: Path, modalities: tuple[str, ...]) -> Raw:
+        from karmma.data.clips import clip_modalities
         from karmma.extractors.media import AUDIO_RATE, decode_clip
 
-        frames, audio = decode_clip(path, FRAME_SIZE, 10_000)
-        raw = _frames_raw(Raw(), frames, modalities)
-        if "audio" in modalities:
-            if audio is None:
-                raw.absent["audio"] = "no audio track"
-            else:
-                raw["audio"] = spectrogram(audio, AUDIO_RATE)
-        return raw
+        framing = spectrogram_framing(AUDIO_RATE) if "audio" in modalities else None
+        clip = decode_clip(path, FRAME_SIZE, 10_000, framing, video="rgb" in modalities or "flow" in modalities)
+        return clip_modalities(clip, modalities, lambda frames: _frames_raw(Raw(), frames, modalities))
 
     def load(self, ref: SampleRef, modalities: tuple[str, ...], on_error: str) -> dict[str, np.ndarray]:
         from karmma.extractors.media import AUDIO_RATE, read_audio, read_video

@@ -2,28 +2,34 @@
 run the frozen teacher- and student-sized encoders chosen by each modality's kind, and write a
 resumable feature store.
 
-Every clip is written as soon as it is done; a re-run resumes where the last one stopped. A
-corrupt file stops the run with its name (``on_error="raise"``) or is recorded as an absent
+Clips are written a storage chunk at a time, each chunk flushed to disk before its samples are
+marked done (:mod:`karmma.data.store_writer`): a re-run resumes where the last one stopped, having
+to redo at most one chunk, whether the run was interrupted (Ctrl-C, SIGTERM: a clean stop), killed
+or stopped by a full disk. A corrupt file stops the run with its name (``on_error="raise"``) or is recorded as an absent
 modality with a warning (``on_error="absent"``): nothing is silently dropped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import json
 import logging
 import multiprocessing as mp
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from karmma.data.readers import DatasetReader, Kind, SampleRef, get_reader
 from karmma.data.store import FeatureStoreWriter
-from karmma.data.store_writer import summary_path
-from karmma.errors import DataError
+from karmma.data.store_summary import store_summary, summary_path
+from karmma.errors import DataError, Interrupted
 from karmma.extractors.encoders import SIZES, CNNEncoder, PoolFrames, PoolSignal, WithVelocity, encoder_path
+from karmma.faults import fault_point
 from karmma.modalities import ModalitySpec
+from karmma.outputs import check_file_writable, write_json_atomic
 from karmma.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -113,25 +119,44 @@ def _job(ref: SampleRef, reader: DatasetReader, modalities: tuple[str, ...], on_
     return feats, [m in raw for m in modalities], absent
 
 
-def write_summary(out: Path, ids: list[str], modalities: tuple[str, ...], reasons: dict[str, dict[str, list[str]]],
-                  tried: list[str], unwritten: list[str]) -> dict:  # fmt: skip
-    """``<store>.summary.json``: per modality, how many samples lack it and why (with up to 20 ids
-    per reason), and the samples left out because nothing could be read. A resumed run adds to
-    the reasons of the runs before it."""
-    path = summary_path(out)
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    absent = old.get("absent", {})
-    for m, by_reason in reasons.items():
-        for why, these in by_reason.items():
-            slot = absent.setdefault(m, {}).setdefault(why, {"count": 0, "examples": []})
-            slot["count"] += len(these)
-            slot["examples"] = (slot["examples"] + these)[:20]
-    summary = {"samples": len(ids), "modalities": list(modalities), "absent": absent,
-               "not_written": sorted(set(old.get("not_written", [])) - set(tried) | set(unwritten))}  # fmt: skip
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(path)
+def write_summary(out: Path) -> dict:
+    """``<store>.summary.json``, recomputed from the store (:func:`karmma.data.store_summary.store_summary`):
+    per modality how many samples lack it and why, and the samples left out because nothing could
+    be read — the store as it is, whatever runs wrote it."""
+    summary = store_summary(out)
+    write_json_atomic(summary_path(out), summary)
     return summary
+
+
+def _summary_after_stop(out: Path) -> dict | None:
+    """The summary of a stopped run, if it can be written (the stop's own error comes first)."""
+    try:
+        return write_summary(out)
+    except DataError as e:
+        log.warning("%s", e)
+        return None
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's or ``kill``'s stop) ends the work as Ctrl-C does: a clean stop.
+    Only the first one does; later ones are ignored while that stop completes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal fired
+        if not fired:
+            fired = True
+            raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def run_extract(
@@ -152,8 +177,11 @@ def run_extract(
 ) -> Path:
     """Extract ``dataset`` under ``root`` into the store ``out`` (see the module docstring).
     ``options`` go to the reader (e.g. ``annotations``); ``on_error=None`` takes the reader's
-    default. Absent modalities are counted, with their reasons, in ``<out>.summary.json``."""
+    default. Absent modalities are counted, with their reasons, in ``<out>.summary.json``.
+    Interrupted (Ctrl-C, or SIGTERM under :func:`sigterm_as_interrupt`), it writes what is done
+    and raises :class:`~karmma.errors.Interrupted` saying how to resume."""
     root, out = Path(root), Path(out)
+    check_file_writable(out, "feature store")  # before the long work: a read-only or full --out fails now
     reader = get_reader(dataset, **(options or {}))
     on_error = on_error or reader.on_error
     modalities = tuple(modalities or reader.default_modalities)
@@ -173,35 +201,52 @@ def run_extract(
     else:
         raise DataError(f"unknown encoder family {encoder!r}; choose one of {ENCODER_FAMILIES}")
     extra = {**reader.extra, "encoder": encoder, "reader": dataset}
+    fresh = not (resume and out.exists())
     writer = FeatureStoreWriter(out, ids, labels, tasks, encoder_specs(encoders, modalities), class_names,
                                 extra=extra, resume=resume, dtype=dtype)  # fmt: skip
+    if fresh:  # a new store: a summary left from another would describe that one
+        summary_path(out).unlink(missing_ok=True)
+    todo: list[int] = []
+    processed, pool, bar = 0, None, None
     try:
-        todo = [i for i, d in enumerate(writer.done) if not d]
-        job = functools.partial(_job, reader=reader, modalities=modalities, on_error=on_error, encoders=encoders)
-        bar = progress_bar(len(ids), f"extract {dataset}", progress, initial=len(ids) - len(todo), unit="clip")
-        pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
-        results = pool.imap(job, [refs[i] for i in todo], chunksize=4) if pool else map(job, [refs[i] for i in todo])
-        reasons: dict[str, dict[str, list[str]]] = {}
-        unwritten: list[str] = []
         try:
-            for i, (feats, present, why) in zip(todo, results):
-                for m, reason in why.items():
-                    reasons.setdefault(m, {}).setdefault(reason, []).append(ids[i])
-                bar.update(1)
-                if not any(present):
-                    if on_error == "raise":
-                        raise DataError(f"clip {ids[i]} of {root}: no modality could be read ({why}); "
-                                        "remove it from the split or fix its files")  # fmt: skip
-                    unwritten.append(ids[i])  # left undone: a store sample needs a modality; listed below
-                    continue
-                writer.write(i, feats, present)  # buffered: written a storage chunk at a time
+            todo = [i for i, d in enumerate(writer.done) if not d]
+            job = functools.partial(_job, reader=reader, modalities=modalities, on_error=on_error, encoders=encoders)
+            bar = progress_bar(len(ids), f"extract {dataset}", progress, initial=len(ids) - len(todo), unit="clip")
+            pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
+            jobs = [refs[i] for i in todo]
+            results = pool.imap(job, jobs, chunksize=4) if pool else map(job, jobs)
+            try:
+                for i, (feats, present, why) in zip(todo, results):
+                    bar.update(1)
+                    if not any(present):
+                        if on_error == "raise":
+                            raise DataError(f"clip {ids[i]} of {root}: no modality could be read ({why}); "
+                                            "remove it from the split or fix its files")  # fmt: skip
+                        writer.skip(i, why)  # left undone, with its reasons: a store sample needs a modality
+                    else:
+                        writer.write(i, feats, present, why)  # buffered: written a storage chunk at a time
+                    processed += 1
+                    fault_point("extract-sample")
+            finally:
+                if pool is not None:
+                    pool.terminate()
+                if bar is not None:
+                    bar.close()
         finally:
-            if pool:
-                pool.terminate()
-            bar.close()
-            summary = write_summary(out, ids, modalities, reasons, [ids[i] for i in todo], unwritten)
-    finally:
-        writer.close()
+            writer.close()  # what is complete is written (unless a write failed), then marked done
+    except KeyboardInterrupt:
+        summary = _summary_after_stop(out)
+        kept = f"{summary['done']} of {len(ids)} samples are done" if summary else "what was done is kept"
+        raise Interrupted(
+            f"interrupted after {processed} of the {len(todo)} samples this run had to do; in {out} {kept}. "
+            "Run the same command again to resume (--no-resume starts over)"
+        ) from None
+    except DataError:
+        if not writer.failed:  # e.g. a corrupt clip with --on-error raise: the store so far is summarised
+            _summary_after_stop(out)
+        raise
+    summary = write_summary(out)
     for m, by_reason in summary["absent"].items():
         log.warning("%s: %s absent for %d sample(s): %s", out, m, sum(r["count"] for r in by_reason.values()),
                     "; ".join(f"{k} ({v['count']})" for k, v in by_reason.items()))  # fmt: skip

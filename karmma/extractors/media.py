@@ -10,12 +10,15 @@ from __future__ import annotations
 import functools
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
-import cv2
 import numpy as np
 import scipy.io.wavfile
 
 from karmma.errors import DataError
+
+if TYPE_CHECKING:
+    from karmma.extractors.audio_stream import Framing
 
 AUDIO_RATE = 24_000  # auditory-slow-fast (Kazakos et al., ICASSP 2021): mono 24 kHz
 MEL_BANDS, MEL_WINDOW_S, MEL_HOP_S, MEL_NFFT = 128, 0.010, 0.005, 2048
@@ -27,6 +30,14 @@ class NoStream(DataError):
     def __init__(self, path: Path, what: str) -> None:
         super().__init__(f"{path} has {what}")
         self.what = what
+
+
+class TooFewFrames(DataError):
+    """The video stream decodes to fewer than the 2 frames rgb and flow need."""
+
+    def __init__(self, message: str, count: int) -> None:
+        super().__init__(message)
+        self.what = f"a video stream of {count} frame(s) (2 needed)"
 
 
 def _open(path: Path):
@@ -92,9 +103,10 @@ def read_video(
             raise DataError(f"{path}: decoding failed ({e}); re-encode it (ffmpeg -i in -c:v libx264 out.mp4)") from e
     if len(frames) < 2:
         span = f" in [{start_s:.2f}, {end_s:.2f}) s" if end_s is not None else ""
-        raise DataError(
+        raise TooFewFrames(
             f"{path}: decoded {len(frames)} frame(s){span}; the video is corrupt, too short or not a video — "
-            "re-encode it (e.g. ffmpeg -i in -c:v libx264 out.mp4)"
+            "re-encode it (e.g. ffmpeg -i in -c:v libx264 out.mp4)",
+            len(frames),
         )
     return np.stack(frames)
 
@@ -103,35 +115,12 @@ def read_audio(
     path: str | Path, rate: int = AUDIO_RATE, start_s: float = 0.0, end_s: float | None = None
 ) -> np.ndarray:
     """(samples,) float32 mono audio of the container's first audio track, resampled to ``rate``,
-    over [start_s, end_s). Raises :class:`NoStream` when there is no audio track."""
-    import av
+    over [start_s, end_s). Raises :class:`NoStream` when there is no audio track. Decoded in a
+    stream: only the samples of the span are held (:func:`~karmma.extractors.audio_stream.audio_chunks`)."""
+    from karmma.extractors.audio_stream import audio_chunks
 
-    path = Path(path)
-    chunks: list[np.ndarray] = []
-    first_t = None
-    with _open(path) as c:
-        if not c.streams.audio:
-            raise NoStream(path, "no audio track")
-        stream = c.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-        try:
-            if start_s > 0:
-                c.seek(int(start_s / stream.time_base), stream=stream, backward=True)
-            for frame in c.decode(stream):
-                if first_t is None:
-                    first_t = frame.time or 0.0
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-                if end_s is not None and frame.time is not None and frame.time > end_s:
-                    break
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
-        except av.FFmpegError as e:
-            raise DataError(f"{path}: audio decoding failed ({e}); re-encode the audio track") from e
-    x = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
-    a = max(0, int(round((start_s - (first_t or 0.0)) * rate)))
-    b = len(x) if end_s is None else max(a, int(round((end_s - (first_t or 0.0)) * rate)))
-    x = x[a:b]
+    chunks = list(audio_chunks(Path(path), rate, start_s, end_s))
+    x = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     if len(x) < 2:
         raise DataError(f"{path}: the audio track has {len(x)} sample(s) in [{start_s:.2f}, {end_s}) s")
     return x
@@ -155,19 +144,14 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     return x, int(rate)
 
 
-def read_image(path: str | Path, size: tuple[int, int] | None = None, grey: bool = False) -> np.ndarray:
-    """An image file (or the bytes of one) as uint8 RGB (H, W, 3), or (H, W) with ``grey``."""
-    if isinstance(path, (bytes, bytearray)):
-        img = cv2.imdecode(np.frombuffer(path, np.uint8), cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR)
-        name = "an image in an archive"
-    else:
-        img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR)
-        name = str(path)
-    if img is None:
-        raise DataError(f"{name}: cannot read the image; the file is missing or corrupt")
-    if size is not None:
-        img = cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    return img if grey else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+def read_image(
+    path: str | Path | bytes, size: tuple[int, int] | None = None, grey: bool = False, name: str | None = None
+) -> np.ndarray:
+    """An image file (or the bytes of one, ``name`` naming them) as uint8 RGB (H, W, 3), or (H, W)
+    with ``grey``; within the frame bound (:func:`karmma.extractors.images.read_image`)."""
+    from karmma.extractors.images import read_image as read
+
+    return read(path, size, grey, name)
 
 
 def hz_to_mel(f):
@@ -200,37 +184,94 @@ def log_mel(
 ) -> np.ndarray:
     """(frames, bands) log-mel spectrogram of mono audio: a Hann window of ``window_s`` centred in
     ``n_fft`` points, every ``hop_s``, magnitude, HTK mel, log(x + 1e-6) — auditory-slow-fast's
-    recipe (10 ms window, 5 ms hop, 128 bands at 24 kHz)."""
-    win, hop = int(round(window_s * rate)), int(round(hop_s * rate))
-    x = np.asarray(x, np.float32).reshape(-1)
-    x = np.pad(x, n_fft // 2)  # centred frames, zero padded (librosa's center=True)
-    n = 1 + max(0, (len(x) - n_fft) // hop)
-    start = (n_fft - win) // 2
-    idx = np.arange(n)[:, None] * hop + start + np.arange(win)[None]
-    frames = x[idx] * np.hanning(win + 2)[1:-1].astype(np.float32)  # periodic-like Hann without zero ends
-    spec = np.abs(np.fft.rfft(frames, n=n_fft, axis=1))  # the window sits at the frame's start: same magnitude
-    return np.log(spec @ mel_filterbank(rate, n_fft, bands).T + 1e-6).astype(np.float32)
+    recipe (10 ms window, 5 ms hop, 128 bands at 24 kHz). Computed block by block
+    (:mod:`karmma.extractors.audio_stream`): memory grows with the output, not the spectra."""
+    from karmma.extractors.audio_stream import frames_of, log_mel_framing
+
+    return frames_of(log_mel_framing(rate, bands, window_s, hop_s, n_fft), [np.asarray(x, np.float32).reshape(-1)])
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-def decode_clip(path: str | Path, size: tuple[int, int], max_frames: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """A raw clip for prediction: a video file (frames, and its audio track at 24 kHz if it has
-    one) or a folder of frame images in name order (no audio). Returns (frames uint8 (T, H, W, 3),
-    audio (samples,) or None); at most ``max_frames`` frames, spread over the clip."""
+def clip_streams(path: str | Path) -> set[str]:
+    """Which of "video" and "audio" a clip (a media file, or a folder of frames: video) has."""
     path = Path(path)
+    if path.is_dir():
+        return {"video"}
+    with _open(path) as c:
+        return {k for k, s in (("video", c.streams.video), ("audio", c.streams.audio)) if s}
+
+
+def _video_duration(stream) -> float | None:
+    """Seconds of a video stream, from its own header (None when it declares none)."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    rate = float(stream.average_rate or stream.guessed_rate or 0)
+    return stream.frames / rate if stream.frames and rate else None
+
+
+class Clip(NamedTuple):
+    """A decoded raw clip: ``frames`` uint8 (T, H, W, 3) or None, ``audio`` the audio track through
+    the caller's framing, (frames, F) float32, or None; ``absent``: why "video"/"audio" is missing."""
+
+    frames: np.ndarray | None
+    audio: np.ndarray | None
+    absent: dict[str, str]
+
+
+def decode_clip(
+    path: str | Path, size: tuple[int, int], max_frames: int, audio: Framing | None = None, video: bool = True
+) -> Clip:
+    """A raw clip for prediction: a video file or a folder of frame images in name order (no audio).
+    At most ``max_frames`` frames (and :data:`karmma.limits.CLIP_FRAMES`), spread over the clip;
+    with ``audio``, the audio track at 24 kHz through that framing, decoded in a stream and kept to
+    :data:`karmma.limits.AUDIO_FRAMES` frames (:func:`~karmma.extractors.audio_stream.clip_audio_features`).
+
+    Without ``audio``, a clip with no usable video stream raises (:class:`NoStream`,
+    :class:`TooFewFrames`). With it, a missing (or 1-frame) video stream or a missing audio track is
+    named in ``absent``, and only a clip with neither raises. ``video=False`` skips the frames."""
+    from karmma.limits import CLIP_FRAMES
+
+    path = Path(path)
+    max_frames = max(2, min(max_frames, CLIP_FRAMES.value()))
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if len(files) < 2:
             raise DataError(f"{path}: a frame folder needs at least 2 images ({', '.join(IMAGE_SUFFIXES)})")
         pick = np.linspace(0, len(files) - 1, min(max_frames, len(files))).round().astype(int)
-        return np.stack([read_image(files[i], size) for i in pick]), None
-    with _open(path) as c:  # the container's duration spreads max_frames over the whole clip
+        frames = np.stack([read_image(files[i], size) for i in pick])
+        return Clip(frames, None, {"audio": "no audio (a folder of frames)"})
+    with _open(path) as c:  # the duration spreads max_frames over the whole clip
         duration = float(c.duration) / 1e6 if c.duration else None
-    frames = read_video(path, size, max_frames, 0.0, duration)
-    try:
-        audio = read_audio(path)
-    except NoStream:
-        audio = None
-    return frames, audio
+        streams = {"video": bool(c.streams.video), "audio": bool(c.streams.audio)}
+        span = _video_duration(c.streams.video[0]) if c.streams.video else None
+        a = c.streams.audio[0] if c.streams.audio else None
+        audio_span = float(a.duration * a.time_base) if a is not None and a.duration and a.time_base else None
+    if not streams["video"] and not streams["audio"]:
+        raise DataError(f"{path}: has no video stream and no audio track; give a video or audio file")
+    frames, feats, absent = None, None, {}
+    if not streams["video"]:
+        if audio is None and video:
+            raise NoStream(path, "no video stream")
+        absent["video"] = "no video stream"
+    elif video:
+        try:
+            try:
+                frames = read_video(path, size, max_frames, 0.0, span or duration)
+            except TooFewFrames:  # a short video in a longer container (audio): its frames from the start
+                frames = read_video(path, size, max_frames)
+        except (NoStream, TooFewFrames) as e:
+            if audio is None:
+                raise
+            absent["video"] = e.what
+    if audio is not None:
+        from karmma.extractors.audio_stream import clip_audio_features
+
+        try:
+            feats = clip_audio_features(path, audio, AUDIO_RATE, audio_span or duration)
+        except NoStream as e:
+            if frames is None and (video or not streams["video"]):
+                raise DataError(f"{path}: has {absent['video']} and {e.what}; nothing to predict from") from e
+            absent["audio"] = e.what
+    return Clip(frames, feats, absent)
