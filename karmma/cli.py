@@ -201,7 +201,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
             options={"annotations": args.annotations, "labels": args.labels, "boxes": args.boxes},
         )
     print(f"feature store: {path}")
-    from karmma.data.store_writer import summary_path
+    from karmma.data.store_summary import summary_path
 
     summary = summary_path(path)
     if summary.is_file():

@@ -10,7 +10,7 @@ from karmma.cli_args import positive_int
 
 def cmd_import_features(args: argparse.Namespace) -> int:
     from karmma.data.feature_import import import_features
-    from karmma.data.store_writer import summary_path
+    from karmma.data.store_summary import summary_path
 
     summary = import_features(
         args.format, args.source, args.annotations, args.out, tokens=args.tokens,

@@ -17,27 +17,9 @@ import numpy as np
 import torch
 
 from karmma.data.checksums import unwritten_rows
+from karmma.data.store_values import MAX_ABS_FEATURE, invalid_rows, row_extremes  # noqa: F401
 from karmma.errors import DataError
 from karmma.modalities import ModalitySpec, check_mask
-
-# Features beyond this magnitude are refused: no extractor produces them, a corrupt file does
-# (and input standardisation would then flatten the modality for every sample).
-MAX_ABS_FEATURE = 1e6
-
-
-def row_extremes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of ``x`` (n, ...): (holds NaN/Inf, largest finite magnitude as float64)."""
-    flat = np.asarray(x).reshape(len(x), -1)
-    finite = np.isfinite(flat)
-    largest = np.abs(np.where(finite, flat, 0.0)).max(1, initial=0.0).astype(np.float64)  # float16: no overflow
-    return ~finite.all(1), largest
-
-
-def invalid_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of ``x`` (n, ...): (holds NaN/Inf, holds a value beyond ±MAX_ABS_FEATURE) — the one
-    value check, used at write time by the store writer and before training/evaluation."""
-    nonfinite, largest = row_extremes(x)
-    return nonfinite, largest > MAX_ABS_FEATURE
 
 
 @dataclass

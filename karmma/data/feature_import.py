@@ -40,7 +40,8 @@ from karmma.data import epic
 from karmma.data.safe_files import check_features_dtype, check_hdf5, npy_info, npz_info, read_npy, read_npz
 from karmma.data.safe_pickle import Budget, safe_unpickle
 from karmma.data.store_safety import os_error
-from karmma.data.store_writer import FeatureStoreWriter, summary_path
+from karmma.data.store_summary import summary_path
+from karmma.data.store_writer import FeatureStoreWriter
 from karmma.errors import DataError
 from karmma.limits import DECLARED_BYTES
 from karmma.modalities import ModalitySpec

@@ -1,5 +1,6 @@
-"""The values a feature store accepts at write time: finite, within ±MAX_ABS_FEATURE (no extractor
-produces more; a corrupt file does), and within float16's range in a float16 store."""
+"""The feature values karmma accepts, at write time (the store writer) and before training or
+evaluation (:func:`karmma.data.dataset.validate_features`): finite, within ±MAX_ABS_FEATURE (no
+extractor produces more; a corrupt file does), and within float16's range in a float16 store."""
 
 from __future__ import annotations
 
@@ -8,10 +9,27 @@ from pathlib import Path
 
 import numpy as np
 
-from karmma.data.dataset import MAX_ABS_FEATURE, row_extremes
 from karmma.errors import DataError
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
+# Features beyond this magnitude are refused: no extractor produces them, a corrupt file does
+# (and input standardisation would then flatten the modality for every sample).
+MAX_ABS_FEATURE = 1e6
+
+
+def row_extremes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``x`` (n, ...): (holds NaN/Inf, largest finite magnitude as float64)."""
+    flat = np.asarray(x).reshape(len(x), -1)
+    finite = np.isfinite(flat)
+    largest = np.abs(np.where(finite, flat, 0.0)).max(1, initial=0.0).astype(np.float64)  # float16: no overflow
+    return ~finite.all(1), largest
+
+
+def invalid_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``x`` (n, ...): (holds NaN/Inf, holds a value beyond ±MAX_ABS_FEATURE) — the one
+    value check, used at write time by the store writer and before training/evaluation."""
+    nonfinite, largest = row_extremes(x)
+    return nonfinite, largest > MAX_ABS_FEATURE
 
 
 def check_values(x: np.ndarray, path: Path, feature_set: str, name: str, rows: Sequence[int], dtype) -> None:

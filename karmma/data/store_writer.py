@@ -30,7 +30,6 @@ import h5py
 import numpy as np
 
 from karmma.data.checksums import row_checksums
-from karmma.data.dataset import FeatureSet
 from karmma.data.safe_files import check_hdf5
 from karmma.data.store_safety import Reserve, add_checksums, os_error, reserve_bytes
 from karmma.data.store_summary import summary_path  # noqa: F401  (re-exported: its old home)
@@ -382,34 +381,14 @@ class FeatureStoreWriter:
         self.close()
 
 
-def write_store(path: str | Path, sets: Mapping[str, FeatureSet], dtype: str | None = None) -> Path:
-    """Write feature sets of the same samples (e.g. ``{"teacher": a, "student": b}``) to one store,
-    in ``dtype`` (default: float16 if the sets hold float16, else float32).
+def __getattr__(name: str):
+    """``write_store`` moved to :mod:`karmma.data.store` (where the README shows it)."""
+    if name == "write_store":
+        import warnings
 
-    All or nothing: the store is written under a temporary name and renamed when complete, so a
-    refused write (bad values, no samples) leaves no file and never replaces an existing store.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.writing")
-    first = next(iter(sets.values()))
-    if dtype is None:
-        held = {getattr(a, "dtype", np.float32) for v in sets.values() for a in v.features.values()}
-        dtype = "float16" if held == {np.dtype(np.float16)} else "float32"
-    try:
-        with FeatureStoreWriter(
-            tmp,
-            ids=first.ids,
-            labels=first.labels,
-            tasks=first.tasks,
-            feature_sets={k: v.specs for k, v in sets.items()},
-            class_names=first.class_names,
-            resume=False,
-            dtype=dtype,
-        ) as w:
-            rows = np.arange(len(first))
-            w.write_all({k: {s.name: v._read(s.name, rows, keep_dtype=True) for s in v.specs} for k, v in sets.items()},
-                        first.present)  # fmt: skip
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+        warnings.warn("import write_store from karmma.data.store; karmma.data.store_writer.write_store will "
+                      "be removed in the next release", DeprecationWarning, stacklevel=2)  # fmt: skip
+        from karmma.data.store import write_store
+
+        return write_store
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

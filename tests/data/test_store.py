@@ -75,3 +75,13 @@ def test_writer_checks_shapes(tmp_path):
     with FeatureStoreWriter(tmp_path / "s.h5", ["x"], {"t": [0]}, {"t": 1}, {"teacher": specs}) as w:
         with pytest.raises(DataError, match="expected"):
             w.write(0, {"teacher": {"a": np.ones((3, 2))}}, [True])
+
+
+def test_write_store_from_its_old_module_still_works_with_a_deprecation_warning():
+    import karmma.data.store_writer as old
+    from karmma.data.store import write_store
+
+    with pytest.warns(DeprecationWarning, match="import write_store from karmma.data.store"):
+        assert old.write_store is write_store
+    with pytest.raises(AttributeError):
+        old.no_such_name  # noqa: B018
