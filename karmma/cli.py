@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from karmma.cli_args import positive_int
+from karmma.cli_args import positive_int, seed
 from karmma.cli_epic import add_epic_commands
 from karmma.cli_experiments import add_experiment_commands
 from karmma.errors import Interrupted, KarmmaError
@@ -147,7 +147,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from karmma.outputs import check_file_writable, write_json_atomic
+    from karmma.outputs import check_file_writable, not_an_input, write_json_atomic
     from karmma.paths import no_dangling_link
     from karmma.predict import load_predictor, not_a_clip, read_sample
 
@@ -157,6 +157,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         not_a_clip(args.input)
     if args.json:
         check_file_writable(no_dangling_link(args.json, "--json"), "--json")
+        not_an_input(args.json, {"--input": args.input or "", "--clip": args.clip or ""})
     predictor = load_predictor(no_dangling_link(args.model, "model"))
     reasons: dict[str, str] = {}
     if args.clip:
@@ -273,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--names", help="comma-separated display names")
     sp.add_argument("--val", help="evaluate on this feature store instead of each model's own val split")
     sp.add_argument("--out", default="runs/eval")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=seed, default=0)
     sp.add_argument("--repeats", type=positive_int, default=3, help="sensor-dropout repeats per rate (>= 1)")
     sp.add_argument(
         "--split",
@@ -300,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("export", help="export a model to ONNX (presence mask as an input), verified in onnxruntime")
     sp.add_argument("model")
     sp.add_argument("--out", default="student.onnx")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=seed, default=0)
     sp.set_defaults(func=cmd_export)
 
     sp = sub.add_parser("predict", help="predict one sample from whatever modalities it has")
@@ -384,6 +385,13 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except KarmmaError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:  # the last line of defence: what was asked for does not fit
+        if isinstance(e, RuntimeError) and "memory" not in str(e):
+            raise
+        why = (str(e).splitlines() or ["MemoryError"])[0][:160]
+        print(f"error: out of memory ({why}); ask for less: a smaller --batch-size, --repeats, grid or file",
+              file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt:
         print(

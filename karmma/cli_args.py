@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import argparse
 
+MAX_COUNT = 1_000_000  # repeats, batch sizes, tokens, top-k: more is a typo (it would run for days or not fit)
+SEED_RANGE = (0, 2**32 - 1)  # what every seeded generator (numpy, torch, Python) takes
+
 
 def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1."""
+    """argparse type: a whole number from 1 to :data:`MAX_COUNT`."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"{value} is more than {MAX_COUNT:,}; give a smaller number")
     return value
 
 
@@ -24,8 +29,23 @@ def seed_list(text: str) -> tuple[int, ...]:
         out = tuple(int(x) for x in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"--seeds {text!r}: give comma-separated integers, e.g. 0,1,2") from None
+    outside = [s for s in out if not SEED_RANGE[0] <= s <= SEED_RANGE[1]]
+    if outside:
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: seed {outside[0]} is outside {SEED_RANGE[0]}.."
+                                         f"{SEED_RANGE[1]}")  # fmt: skip
     repeated = sorted({s for s in out if out.count(s) > 1})
     if repeated:
         raise argparse.ArgumentTypeError(f"--seeds {text!r}: seed {', '.join(map(str, repeated))} repeated; "
                                          "give each seed once (a repeat trains the same weights again)")  # fmt: skip
     return out
+
+
+def seed(text: str) -> int:
+    """argparse type: one seed, a whole number in :data:`SEED_RANGE`."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"seed {value} is outside {SEED_RANGE[0]}..{SEED_RANGE[1]}")
+    return value

@@ -102,3 +102,18 @@ def check_file_writable(path: str | Path, what: str = "output") -> Path:
         raise DataError(f"the {what} {path} is a folder; give a file name")
     check_writable(path.parent if str(path.parent) else Path("."), what)
     return path
+
+
+def not_an_input(out: str | Path, inputs: dict[str, str | Path]) -> None:
+    """Refuse to write ``out`` over a file the same command reads (``inputs``: flag -> path)."""
+    out = Path(out)
+    if not out.exists():
+        return
+    for flag, path in inputs.items():
+        try:
+            same = Path(path).is_file() and os.path.samefile(out, path)
+        except OSError:
+            same = False
+        if same:
+            raise DataError(f"--out {out} is the file given as {flag}; writing there would destroy it — "
+                            "choose another --out")  # fmt: skip

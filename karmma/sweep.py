@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import math
 import re
 from pathlib import Path
 
@@ -27,6 +28,9 @@ from karmma.runs import run_distill, run_evaluate, run_train
 from karmma.seeds import aggregate, format_summary
 
 log = logging.getLogger(__name__)
+
+
+MAX_SETTINGS = 10_000  # a sweep trains each setting over each seed: more is a typo, not a plan
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -51,6 +55,10 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
             raise ConfigError(f"--grid {item!r}: the value(s) {', '.join(repeated)} repeated; give each value once")
     if not grid:
         raise ConfigError("give at least one --grid KEY=V1,V2,...")
+    total = math.prod(len(v) for v in grid.values())
+    if total > MAX_SETTINGS:
+        raise ConfigError(f"the grid has {total:,} settings (the product of its value counts), over {MAX_SETTINGS:,}: "
+                          "each is trained over every seed; sweep fewer keys or values at a time")  # fmt: skip
     return grid
 
 

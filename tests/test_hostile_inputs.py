@@ -123,7 +123,7 @@ def test_absurd_or_nan_features_are_refused_at_write_time(tmp_path):
     bad = np.array(sets["teacher"].features["audio"])
     bad[3, 0, 0] = 2.7e38
     sets["teacher"].features["audio"] = bad
-    with pytest.raises(DataError, match=r"modality 'audio' \(teacher\) of sample\(s\) \[3\].*beyond"):
+    with pytest.raises(DataError, match=r"modality 'audio' \(teacher\) of sample\(s\) \['val_00003'\].*beyond"):
         write_store(tmp_path / "s.h5", sets)
     assert list(tmp_path.iterdir()) == []  # nothing half-written
 

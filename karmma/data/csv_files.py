@@ -17,7 +17,7 @@ from pathlib import Path
 from karmma.errors import DataError
 from karmma.limits import ANNOTATION_BYTES
 
-_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+_BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe": "UTF-16", b"\xfe\xff": "UTF-16"}
 
 
 def read_text(path: Path) -> str:
@@ -29,8 +29,9 @@ def read_text(path: Path) -> str:
         data = path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot read it ({e.strerror or e})") from e
-    if data.startswith(_UTF16_BOMS):
-        raise DataError(f"{path}: is UTF-16 text; save it as UTF-8 CSV (e.g. Excel: 'CSV UTF-8 (Comma delimited)')")
+    for bom, name in _BOMS.items():
+        if data.startswith(bom):
+            raise DataError(f"{path}: is {name} text; save it as UTF-8 (e.g. Excel: 'CSV UTF-8 (Comma delimited)')")
     try:
         return data.decode("utf-8-sig")  # a UTF-8 byte-order mark is dropped
     except UnicodeDecodeError as e:
@@ -52,6 +53,9 @@ def read_rows(
     try:
         reader = csv.DictReader(io.StringIO(text, newline=""))
         header = reader.fieldnames or []
+        twice = sorted({c for c in header if header.count(c) > 1})
+        if twice:
+            raise DataError(f"{path}: the header names column(s) {twice} more than once; keep one of each")
         missing = [c for c in required if c not in header]
         if missing:
             raise DataError(f"{path}: missing column(s) {missing} (it has {header[:12]}); is this a {what}?")
@@ -60,6 +64,10 @@ def read_rows(
             line = reader.line_num
             if None in row:  # more values than the header names
                 raise DataError(f"{path}, line {line}: {len(header) + len(row[None])} values for {len(header)} columns")
+            torn = [c for c, v in row.items() if isinstance(v, str) and ("\n" in v or "\r" in v)]
+            if torn:  # a stray quote: the field ran on over the rows after it, which would be lost
+                raise DataError(f"{path}, line {line}: {torn} run over several lines (an unmatched quote \" in "
+                                "the row or one before it?); remove the stray quote")  # fmt: skip
             empty = [c for c in required if row.get(c) in (None, "")]
             if empty:
                 raise DataError(f"{path}, line {line}: no value for {empty} (the row is short or the cell empty)")

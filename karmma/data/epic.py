@@ -116,6 +116,11 @@ def segment_labels(segments: list[Segment]) -> tuple[dict[str, list[int]], bool]
     return {t: [getattr(s, f"{t}_class") if labelled else -1 for s in segments] for t in TASKS}, labelled
 
 
+def class_files_beside(annotations: Path) -> list[Path]:
+    """``EPIC_100_{verb,noun}_classes.csv`` in the annotation file's folder (those that exist)."""
+    return [p for t in TASKS if (p := Path(annotations).parent / f"EPIC_100_{t}_classes.csv").is_file()]
+
+
 @functools.lru_cache(maxsize=1)
 def class_names_beside(annotations: Path) -> dict[str, list[str]]:
     """Verb and noun class keys from ``EPIC_100_{verb,noun}_classes.csv`` in the annotation file's

@@ -45,7 +45,7 @@ from karmma.data.store_writer import FeatureStoreWriter
 from karmma.errors import DataError
 from karmma.limits import DECLARED_BYTES
 from karmma.modalities import ModalitySpec
-from karmma.outputs import check_file_writable, write_failed, write_json_atomic
+from karmma.outputs import check_file_writable, not_an_input, write_failed, write_json_atomic
 from karmma.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,8 @@ def checked_shape(shape: tuple[int, ...] | None, dtype: np.dtype, where: str) ->
     check_features_dtype(dtype, where)
     if not shape or not all(shape):
         raise DataError(f"{where}: has shape {shape}; a segment's features are a non-empty (clips, dim) array")
-    DECLARED_BYTES.check(math.prod(shape) * dtype.itemsize, where)
+    # as read, and as float32 (what as_tokens makes of it): int8 features cannot grow past the bound
+    DECLARED_BYTES.check(math.prod(shape) * max(dtype.itemsize, 4), where)
     return tuple(shape)
 
 
@@ -104,7 +105,8 @@ class _Mtcn(_Source):
             for g in groups:
                 if not isinstance(self.h5[g], h5py.Group):
                     raise DataError(f"{path}: {g} is not a group of per-segment datasets; is it an MTCN feature file?")
-                self.names[g.removesuffix("_features")] = dict.fromkeys(self.h5[g])
+                # a name that is not UTF-8 text (h5py gives bytes) can name no annotated segment
+                self.names[g.removesuffix("_features")] = {k: None for k in self.h5[g] if isinstance(k, str)}
         except BaseException:
             self.h5.close()
             raise
@@ -136,11 +138,15 @@ class _Npy(_Source):
         if not path.is_dir():
             raise DataError(f"{path}: --format npy reads a folder (<modality>/<id>.npy or <narration_id>.npz files)")
         for p in sorted(path.glob("*.npz")):
-            for name, (shape, dtype) in npz_info(p).items():  # the headers only
+            members = npz_info(p)  # the headers only
+            _few_modalities(len(members), p)
+            for name, (shape, dtype) in members.items():
                 self.names.setdefault(name, {})[p.stem] = (p, name, shape, dtype)
+            _few_modalities(len(self.names), path)
         for d in sorted(x for x in path.iterdir() if x.is_dir()):
             for p in sorted(d.glob("*.npy")):
                 self.names.setdefault(d.name, {})[p.stem] = (p, None, None, None)
+            _few_modalities(len(self.names), path)
 
     def shape(self, m: str, nid: str) -> tuple[int, ...]:
         p, member, shape, dtype = self.names[m][nid]
@@ -171,6 +177,15 @@ class _Tbn(_Source):
         return self.names[m][nid]
 
 
+MAX_MODALITIES = 64  # a feature file holds a few modalities (MTCN 2, TBN 3): more is not a feature file
+
+
+def _few_modalities(n: int, where: Path) -> None:
+    if n > MAX_MODALITIES:
+        raise DataError(f"{where}: holds {n} modalities (arrays per segment); a feature file has a few "
+                        f"(at most {MAX_MODALITIES}) — is this the right folder or file?")  # fmt: skip
+
+
 def tbn_contents(data: Any, f: Path) -> tuple[list[str], dict[str, np.ndarray]]:
     """The narration ids and per-modality (N, ...) arrays of an unpickled TBN file, checked
     strictly: anything else (nested lists, shared references) is refused, never walked."""
@@ -184,6 +199,7 @@ def tbn_contents(data: Any, f: Path) -> tuple[list[str], dict[str, np.ndarray]]:
         raise DataError(f"{f}: narration_ids is not a list of strings or numbers; {layout}")
     nids = [str(x) for x in ids]
     feats = {}
+    _few_modalities(len(data["features"]), f)
     for name, arr in data["features"].items():
         if not isinstance(arr, np.ndarray):
             raise DataError(f"{f}: features[{name!r}] is a {type(arr).__name__}, not a numeric array; {layout}")
@@ -202,9 +218,9 @@ READ = {"mtcn": _Mtcn, "npy": _Npy, "tbn": _Tbn}
 
 def as_tokens(x: np.ndarray, n: int) -> np.ndarray:
     """(clips, D) or (D,) -> (n, D) float32, clips sampled evenly (repeated when fewer)."""
-    x = np.asarray(x, np.float32)
+    x = np.asarray(x)
     x = x[None] if x.ndim == 1 else x.reshape(len(x), -1)
-    return x[np.linspace(0, len(x) - 1, n).round().astype(int)]
+    return x[np.linspace(0, len(x) - 1, n).round().astype(int)].astype(np.float32)  # the rows kept, then float
 
 
 def _specs(feats: _Source, wanted: set[str], tokens: int | None) -> list[ModalitySpec]:
@@ -246,6 +262,8 @@ def import_features(
         raise DataError(f"{source} does not exist")
     segments = epic.read_annotations(annotations)
     check_file_writable(out, "feature store")
+    not_an_input(out, {"--source": source, "--annotations": Path(annotations),
+                       **{p.name: p for p in epic.class_files_beside(Path(annotations))}})  # fmt: skip
     with READ[fmt](source) as feats:
         if not feats.names:
             raise DataError(f"{source}: no features found for --format {fmt}")
@@ -294,10 +312,10 @@ def _write(feats: _Source, have: list, specs: list[ModalitySpec], out: Path, fmt
         tmp.replace(out)
     except OSError as e:
         raise write_failed(out, e) from e
-    except DataError as e:  # the disk (the writer's failed write, or no room to start), not the data
+    except DataError as e:  # the disk (the writer's failed write, or no room to start), or the data
         if (w is None or getattr(w, "failed", False)) and isinstance(e.__cause__, OSError | RuntimeError):
             raise DataError(f"{write_failed(out, os_error(e.__cause__))}; {out} is left as it was") from e
-        raise
+        raise DataError(f"{str(e).replace(str(tmp), str(feats.path))}; {out} is left as it was") from e
     finally:
         bar.close()
         tmp.unlink(missing_ok=True)

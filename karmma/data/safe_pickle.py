@@ -295,6 +295,8 @@ class _Unpickler(pickle._Unpickler):  # the Python implementation: every operati
     def shape_of(self, x: Any) -> tuple[int, ...]:
         if type(x) is not tuple or len(x) > 32 or any(type(d) is not int or not 0 <= d < 1 << 62 for d in x):
             raise self.refuse("an array shape that is not a tuple of sizes")
+        if math.prod(max(d, 1) for d in x) >= 1 << 62:  # numpy cannot index it, even with no element
+            raise self.refuse(f"an array shape {x} beyond what an array can be")
         return x
 
     # -- operations whose stock versions could allocate ahead, hash-flood or build sets --------
@@ -376,7 +378,10 @@ def safe_unpickle(path: str | Path, budget: Budget | None = None) -> Any:
         raise DataError(f"{path}: nested too deeply to be a feature pickle") from None
     except Exception as e:  # whatever the bytes make the pickle machine raise: a malformed file
         raise DataError(f"{path}: not a readable feature pickle ({type(e).__name__}: {str(e)[:200]})") from e
-    return plain(obj, path)
+    try:
+        return plain(obj, path)
+    except (ValueError, TypeError, MemoryError) as e:  # an array numpy cannot view as a plain one
+        raise DataError(f"{path}: not a readable feature pickle ({type(e).__name__}: {str(e)[:200]})") from e
 
 
 def plain(obj: Any, path: Path) -> Any:

@@ -43,6 +43,7 @@ __all__ = ["FeatureStoreWriter", "LazyH5", "open_store", "store_info", "write_st
 
 _IN_MEMORY_LIMIT = 2 * 1024**3
 _MAX_META_DEPTH = 16
+MAX_CLASSES = 1_000_000  # per task: EPIC-100 actions are 3,806; more is a corrupt store, not a task
 CACHE_CHUNKS = 24  # chunks each lazily read dataset keeps decompressed: above data.shuffle_chunks
 
 
@@ -99,7 +100,24 @@ def _meta(h5: h5py.File, path: Path) -> dict:
     ok = isinstance(meta, dict) and all(isinstance(meta.get(k, {}), dict) for k in ("feature_sets", "tasks", "extra"))
     if not ok or _depth(meta) > _MAX_META_DEPTH:
         raise DataError(f"{path}: store metadata is corrupt (not the layout karmma writes); re-extract it")
+    for task, n in meta.get("tasks", {}).items():
+        if type(n) is not int or not 1 <= n <= MAX_CLASSES:
+            raise DataError(f"{path}: task {str(task)[:40]!r} has {str(n)[:40]!r} classes in the store's "
+                            f"metadata (a whole number, 1 to {MAX_CLASSES:,}); the store is corrupt")  # fmt: skip
     return meta
+
+
+def _check_layout(path: Path, n: int, arrays: dict[str, tuple[np.ndarray | h5py.Dataset, tuple]], ids: list) -> None:
+    """Every per-sample dataset has one row per sample (``arrays``: name -> (array, expected shape);
+    the features are checked by :class:`FeatureSet`) and the sample ids are distinct."""
+    for name, (arr, shape) in arrays.items():
+        if tuple(arr.shape) != shape:
+            raise DataError(f"{path}: dataset {name!r} has shape {tuple(arr.shape)}, expected {shape} for {n} "
+                            "samples; the store is corrupt — re-extract it")  # fmt: skip
+    if len(set(ids)) != n:
+        seen: set[str] = set()
+        twice = [i for i in ids if i in seen or seen.add(i)][:5]  # type: ignore[func-returns-value]
+        raise DataError(f"{path}: sample id(s) {twice} appear more than once; the store is corrupt — re-extract it")
 
 
 def _depth(obj: object) -> int:
@@ -141,6 +159,10 @@ def open_store(path: str | Path, feature_set: str = "teacher", in_memory: bool |
             # read once in memory: no chunk cache needed (it would only raise the peak)
             cache = 0 if in_memory else CACHE_CHUNKS
             features = {s.name: LazyH5(path, f"features/{feature_set}/{s.name}", h5, cache) for s in specs}
+            n, m = len(ids), len(specs)
+            layout = {"done": (done, (n,)), "present": (present, (n, m)), "checksums": (sums, (n, m))}
+            layout.update({f"labels/{t}": (v, (n,)) for t, v in labels.items()})
+            _check_layout(path, n, layout, ids)
         except (KeyError, OSError, AttributeError, TypeError, ConfigError) as e:
             raise DataError(f"{path}: missing or unreadable dataset ({e}); the store is corrupt — re-extract it") from e
     keep = np.flatnonzero(done)

@@ -32,24 +32,30 @@ def invalid_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return nonfinite, largest > MAX_ABS_FEATURE
 
 
-def check_values(x: np.ndarray, path: Path, feature_set: str, name: str, rows: Sequence[int], dtype) -> None:
-    """Refuse NaN/Inf and absurd magnitudes at write time (``x``: (n, tokens, dim) of ``rows``)."""
+def check_values(x: np.ndarray, path: Path, feature_set: str, name: str, rows: Sequence, dtype) -> None:
+    """Refuse NaN/Inf and absurd magnitudes at write time (``x``: (n, tokens, dim) of ``rows``, the
+    samples' ids — or indices — named in the error)."""
     if not len(x):
         return
     nonfinite, largest = row_extremes(x)  # one pass serves both checks below
     bad = nonfinite | (largest > MAX_ABS_FEATURE)
     if bad.any():
         raise DataError(
-            f"{path}: modality {name!r} ({feature_set}) of sample(s) {[int(r) for r in np.asarray(rows)[bad][:5]]} "
+            f"{path}: modality {name!r} ({feature_set}) of sample(s) {_named(rows, bad)} "
             f"holds NaN/Inf or values beyond ±{MAX_ABS_FEATURE:g}; fix the extractor's output or write the "
             "modality as absent"
         )
     if np.dtype(dtype) == np.float16:
         over = largest > FLOAT16_MAX
         if over.any():
-            which = [int(r) for r in np.asarray(rows)[over][:5]]
+            which = _named(rows, over)
             raise DataError(
                 f"{path}: modality {name!r} ({feature_set}) of sample(s) {which} "
                 f"holds values beyond float16's ±{FLOAT16_MAX:g}; store float32 features (--dtype float32) "
                 "or scale the extractor's output"
             )
+
+
+def _named(rows: Sequence, bad: np.ndarray) -> list:
+    """The first few of ``rows`` (sample ids or indices) where ``bad``."""
+    return [r.item() if isinstance(r, np.generic) else r for r in (rows[int(k)] for k in np.flatnonzero(bad)[:5])]

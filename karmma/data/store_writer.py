@@ -102,6 +102,7 @@ class FeatureStoreWriter:
         if n == 0:
             raise DataError(f"{self.path}: no samples to write; a feature store needs at least one sample")
         self._n = n
+        self._ids = list(ids)  # named in errors
         self._pending: dict[int, _Pending] = {}  # sample -> what to write, one chunk
         self._failed: DataError | None = None
         self._reserve = Reserve(self.path)
@@ -236,9 +237,10 @@ class FeatureStoreWriter:
         x = np.asarray(x, dtype=np.float32)
         if x.shape != s.shape:
             raise DataError(
-                f"{self.path}: sample {i} modality {s.name!r} ({fs}) has shape {x.shape}, expected {s.shape}"
+                f"{self.path}: sample {self._ids[i]!r} modality {s.name!r} ({fs}) has shape {x.shape}, "
+                f"expected {s.shape}"
             )
-        check_values(x[None], self.path, fs, s.name, [i], self.dtype)
+        check_values(x[None], self.path, fs, s.name, [self._ids[i]], self.dtype)
         return x.astype(self.dtype, copy=False)
 
     def write(
@@ -340,7 +342,7 @@ class FeatureStoreWriter:
                 for name, arr in mods.items():
                     m = self.modalities.index(name)
                     rows = np.flatnonzero(present[:, m])
-                    check_values(np.asarray(arr)[rows], self.path, fs, name, rows, self.dtype)
+                    check_values(np.asarray(arr)[rows], self.path, fs, name, [self._ids[r] for r in rows], self.dtype)
                     stored = np.asarray(arr).astype(self.dtype, copy=False)
                     self._ds[f"features/{fs}/{name}"][:] = stored
                     sums[rows, m] = row_checksums(stored[rows])

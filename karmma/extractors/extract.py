@@ -29,7 +29,7 @@ from karmma.errors import DataError, Interrupted
 from karmma.extractors.encoders import SIZES, CNNEncoder, PoolFrames, PoolSignal, WithVelocity, encoder_path
 from karmma.faults import fault_point
 from karmma.modalities import ModalitySpec
-from karmma.outputs import check_file_writable, write_json_atomic
+from karmma.outputs import check_file_writable, not_an_input, write_json_atomic
 from karmma.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -182,6 +182,7 @@ def run_extract(
     and raises :class:`~karmma.errors.Interrupted` saying how to resume."""
     root, out = Path(root), Path(out)
     check_file_writable(out, "feature store")  # before the long work: a read-only or full --out fails now
+    not_an_input(out, {f"--{k}": v for k, v in (options or {}).items() if v})  # never over an annotation file
     reader = get_reader(dataset, **(options or {}))
     on_error = on_error or reader.on_error
     modalities = tuple(modalities or reader.default_modalities)
