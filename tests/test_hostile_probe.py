@@ -158,3 +158,16 @@ def test_write_store_names_samples_by_id(tmp_path):
     sets["teacher"].features["rgb"] = bad
     with pytest.raises(DataError, match=r"sample\(s\) \['val_00004'\]"):
         write_store(tmp_path / "s.h5", sets)
+
+
+def test_an_npz_member_no_modality_can_be_named_names_the_folder(tmp_path, ann, capsys):  # noqa: F811
+    import io
+    import zipfile
+
+    (tmp_path / "f").mkdir()
+    buf = io.BytesIO()
+    np.save(buf, np.ones((2, 3), np.float32))
+    with zipfile.ZipFile(tmp_path / "f" / f"{IDS[0]}.npz", "w") as z:
+        z.writestr("..npy", buf.getvalue())
+    rc, _, err = cli(capsys, *imp("npy", tmp_path / "f", ann, tmp_path / "s.h5"))
+    assert rc == 2 and f"{tmp_path / 'f'}: modality '.'" in err and "is this a feature file?" in err

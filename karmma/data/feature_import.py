@@ -42,7 +42,7 @@ from karmma.data.safe_pickle import Budget, safe_unpickle
 from karmma.data.store_safety import os_error
 from karmma.data.store_summary import summary_path
 from karmma.data.store_writer import FeatureStoreWriter
-from karmma.errors import DataError
+from karmma.errors import ConfigError, DataError
 from karmma.limits import DECLARED_BYTES
 from karmma.modalities import ModalitySpec
 from karmma.outputs import check_file_writable, not_an_input, write_failed, write_json_atomic
@@ -237,7 +237,10 @@ def _specs(feats: _Source, wanted: set[str], tokens: int | None) -> list[Modalit
         n = tokens or Counter(s[0] if len(s) > 1 else 1 for s in shapes).most_common(1)[0][0]
         dim = next(iter(dims))
         DECLARED_BYTES.check(n * dim * 4, f"{m}: {n} tokens x {dim} (one segment, float32)")
-        specs.append(ModalitySpec(m, n, dim))
+        try:
+            specs.append(ModalitySpec(m, n, dim))
+        except (ConfigError, DataError) as e:  # a member name or a shape no modality can have
+            raise DataError(f"{feats.path}: modality {m[:60]!r} ({e}); is this a feature file?") from e
     return specs
 
 
