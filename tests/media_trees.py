@@ -53,16 +53,24 @@ def write_clip(path: Path, frames: np.ndarray, fps: int, audio: np.ndarray | Non
         for p in v.encode():
             c.mux(p)
         if a is not None:
-            step = 1024
-            for i in range(0, len(audio), step):
-                chunk = np.ascontiguousarray(audio[None, i : i + step].astype(np.float32))
-                frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
-                frame.sample_rate, frame.pts = rate, i
-                for p in a.encode(frame):
-                    c.mux(p)
-            for p in a.encode():
-                c.mux(p)
+            mux_audio(c, a, (audio[i : i + 1024].astype(np.float32) for i in range(0, len(audio), 1024)), rate)
     return path
+
+
+def mux_audio(container, stream, chunks, rate: int) -> None:
+    """Encode mono ``chunks`` (float32 or int16 arrays, in order) into ``stream`` and mux them."""
+    import av
+
+    pts = 0
+    for chunk in chunks:
+        fmt = "s16" if chunk.dtype == np.int16 else "fltp"
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk[None]), format=fmt, layout="mono")
+        frame.sample_rate, frame.pts = rate, pts
+        pts += len(chunk)
+        for p in stream.encode(frame):
+            container.mux(p)
+    for p in stream.encode():
+        container.mux(p)
 
 
 def tone(seconds: float, hz: float, rate: int = 24_000) -> np.ndarray:

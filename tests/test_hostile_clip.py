@@ -18,7 +18,7 @@ from karmma.data.video_folder import spectrogram, spectrogram_framing
 from karmma.extractors.audio_stream import BLOCK_FRAMES, FramePool, frames_of, log_mel_framing
 from karmma.extractors.media import log_mel, mel_filterbank
 from tests.hostile import cli, cli_limited, train_clip_model
-from tests.media_trees import clip_frames, level, tone, write_clip
+from tests.media_trees import clip_frames, level, mux_audio, tone, write_clip
 
 
 def write_long(path: Path, seconds: float, video_frames: int = 0, fps: Fraction = Fraction(1, 10),
@@ -41,15 +41,9 @@ def write_long(path: Path, seconds: float, video_frames: int = 0, fps: Fraction 
             for p in v.encode():
                 c.mux(p)
         n = int(seconds * rate)
-        for i in range(0, n, rate):
-            t = np.arange(i, min(n, i + rate)) / rate
-            x = (0.3 * 32767 * np.sin(2 * np.pi * 440.0 * t)).astype(np.int16)[None]
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(x), format="s16", layout="mono")
-            frame.sample_rate, frame.pts = rate, i
-            for p in a.encode(frame):
-                c.mux(p)
-        for p in a.encode():
-            c.mux(p)
+        tone_s16 = ((0.3 * 32767 * np.sin(2 * np.pi * 440.0 * np.arange(i, min(n, i + rate)) / rate)).astype(np.int16)
+                    for i in range(0, n, rate))  # fmt: skip
+        mux_audio(c, a, tone_s16, rate)
     return path
 
 
