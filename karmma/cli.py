@@ -128,12 +128,10 @@ def cmd_cost(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from karmma.checkpoint import load_model
     from karmma.export import export_onnx, verify_onnx
-    from karmma.outputs import check_file_writable
-    from karmma.paths import no_dangling_link
+    from karmma.paths import no_dangling_link, writable_file
 
-    out = no_dangling_link(args.out, "--out")
-    if not out.is_dir():  # a folder is refused by export_onnx, with a file name to use
-        check_file_writable(out, "--out")
+    if not Path(args.out).is_dir():  # a folder is refused by export_onnx, with a file name to use
+        writable_file(args.out, "--out")
     model, meta = load_model(no_dangling_link(args.model, "model"))
     path = export_onnx(model, meta, args.out)
     report = verify_onnx(model, path, seed=args.seed)
@@ -147,8 +145,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from karmma.outputs import check_file_writable, not_an_input, write_json_atomic
-    from karmma.paths import no_dangling_link
+    from karmma.outputs import not_an_input, write_json_atomic
+    from karmma.paths import no_dangling_link, writable_file
     from karmma.predict import load_predictor, not_a_clip, read_sample
 
     if bool(args.input) == bool(args.clip):
@@ -156,7 +154,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.input:
         not_a_clip(args.input)
     if args.json:
-        check_file_writable(no_dangling_link(args.json, "--json"), "--json")
+        writable_file(args.json, "--json")
         not_an_input(args.json, {"--input": args.input or "", "--clip": args.clip or ""})
     predictor = load_predictor(no_dangling_link(args.model, "model"))
     reasons: dict[str, str] = {}

@@ -33,10 +33,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from karmma.data.epic import write_submission
     from karmma.data.store import open_store
     from karmma.epic_eval import make_submission
-    from karmma.outputs import check_file_writable, not_an_input
-    from karmma.paths import no_dangling_link
+    from karmma.outputs import not_an_input
+    from karmma.paths import no_dangling_link, writable_file
 
-    check_file_writable(no_dangling_link(args.out, "--out"), "--out")  # before the predictions
+    writable_file(args.out, "--out")  # before the predictions
     not_an_input(args.out, {"--store": args.store})
     model, meta = load_model(no_dangling_link(args.model, "model"))
     data = open_store(args.store, meta.get("feature_set", "teacher"))

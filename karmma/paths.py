@@ -31,3 +31,11 @@ def writable_out(out: str | Path) -> Path:
     from karmma.outputs import check_writable
 
     return check_writable(no_dangling_link(out, "--out"), "--out")
+
+
+def writable_file(path: str | Path, flag: str) -> Path:
+    """An output file (``--json``, ``--out``) checked before long work: not a link to nothing, not a
+    folder, and its folder writable."""
+    from karmma.outputs import check_file_writable
+
+    return check_file_writable(no_dangling_link(path, flag), flag)
