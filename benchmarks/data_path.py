@@ -80,10 +80,10 @@ MODELS = {  # the shipped EPIC-100 student preset, and a small fusion block (rea
 
 def train_rate(path: Path, in_memory: bool, workers: int, out: Path, model: str = "epic100_student preset") -> float:
     from karmma.config import load_config
+    from karmma.engine.train import fit
     from karmma.models import KARMMA
     from karmma.presets import preset_path
     from karmma.tasks import ClassificationTask
-    from karmma.train import fit
 
     data = open_store(path, in_memory=in_memory)
     overrides = ["optim.epochs=1", f"data.num_workers={workers}", "data.feature_set=teacher", *MODELS[model]]

@@ -23,12 +23,12 @@ from pathlib import Path
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from karmma.config import load_config  # noqa: E402
-from karmma.data.utd_mhad import SUBJECT_PATTERN  # noqa: E402
-from karmma.evaluate import main_metric  # noqa: E402
+from karmma.data.readers.utd_mhad import SUBJECT_PATTERN  # noqa: E402
+from karmma.engine.runs import run_distill, run_evaluate, run_train  # noqa: E402
+from karmma.evaluation.evaluate import main_metric  # noqa: E402
+from karmma.experiments.seeds import aggregate, format_summary  # noqa: E402
+from karmma.experiments.sweep import run_sweep  # noqa: E402
 from karmma.presets import preset_path  # noqa: E402
-from karmma.runs import run_distill, run_evaluate, run_train  # noqa: E402
-from karmma.seeds import aggregate, format_summary  # noqa: E402
-from karmma.sweep import run_sweep  # noqa: E402
 
 # name -> (teacher overrides, student overrides); "baseline-md" trains the student without a teacher
 VARIANTS = {

@@ -15,8 +15,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import torch  # noqa: E402
 
 from karmma.config import ModelConfig  # noqa: E402
-from karmma.cost import count_flops, latency_ms  # noqa: E402
 from karmma.data.synthetic import specs  # noqa: E402
+from karmma.evaluation.cost import count_flops, latency_ms  # noqa: E402
 from karmma.losses import multitask_ce  # noqa: E402
 from karmma.models import KARMMA  # noqa: E402
 

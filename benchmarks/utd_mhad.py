@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from karmma.benchmark import run_utd_mhad_benchmark  # noqa: E402
+from karmma.experiments.utd_mhad import run_utd_mhad_benchmark  # noqa: E402
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__)

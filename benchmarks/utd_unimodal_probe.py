@@ -1,5 +1,5 @@
 """Which augmentation lets one UTD-MHAD modality be recognised on its own — the probe behind the
-presets' ``model.rotate`` (docs/utd_mhad.md). Training subjects only: leave-one-subject-out over
+presets' ``model.rotate`` (docs/results/utd_mhad.md). Training subjects only: leave-one-subject-out over
 s1, s3, s5, s7 (the test subjects are never read). One modality's raw sequence, as the store holds
 it (resampled to 32 steps; the skeleton with velocities), goes through the presets' temporal
 encoder (3 residual conv blocks, width 128) and a linear classifier, on its own; 60 epochs, AdamW,
@@ -22,12 +22,12 @@ from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from karmma.data.readers import SampleRef  # noqa: E402
-from karmma.data.utd_mhad import UTDMHADReader, list_clips  # noqa: E402
+from karmma.data.readers.base import SampleRef  # noqa: E402
+from karmma.data.readers.utd_mhad import UTDMHADReader, list_clips  # noqa: E402
+from karmma.engine.augment import TokenAugment, VectorRotate  # noqa: E402
 from karmma.extractors.backbone import SIGNAL_STEPS  # noqa: E402
 from karmma.extractors.extract import backbone_encoder  # noqa: E402
 from karmma.modalities import ModalitySpec  # noqa: E402
-from karmma.models.augment import TokenAugment, VectorRotate  # noqa: E402
 from karmma.models.encoders import TemporalConvEncoder  # noqa: E402
 
 VARIANTS = {  # name: (modality, time warp, rotation limits about x, y, z)

@@ -4,10 +4,13 @@ First public implementation of arXiv 2504.08578. The library logs (``logging.get
 and never prints; the ``karmma`` command line prints.
 """
 
+from karmma import _moved
 from karmma.errors import CheckpointError, ConfigError, DataError, KarmmaError
 from karmma.modalities import ModalitySpec, all_subsets, subset_name
 
-__version__ = "0.1.0"
+_moved.install()  # old import paths (karmma.train, karmma.checkpoint, ...) keep working, with a warning
+
+__version__ = "0.2.0"
 
 __all__ = [
     "CheckpointError",

@@ -18,7 +18,9 @@ from typing import Any
 
 import yaml
 
+from karmma.config_migration import migrate_experiment, migrate_model
 from karmma.errors import ConfigError
+from karmma.registries import ADDONS, ENCODERS, FUSION, MISSING, TASKS
 from karmma.typed_dict import typed_from_dict
 
 log = logging.getLogger(__name__)
@@ -52,42 +54,13 @@ class ModelConfig:
     encoder_layers: int = 2
     encoder_tokens: int = 0  # tokens a trainable encoder pools its modality to (0: keep them all)
     image_encoder_width: int = 16  # paper-unknown default: first-block channels of image encoders (motion_map_cnn)
-    # Train-time augmentation of the standardised inputs (karmma.models.augment); 0 = off.
-    time_warp: float = 0.0  # random speed 1 +- w and shift, per sample
-    input_noise: float = 0.0  # Gaussian noise std
-    # Train-time random rotation of a modality's raw values read as consecutive 3-vectors (skeleton
-    # joints, accelerometer/gyroscope axes): max angle in radians about x, y and z, e.g.
-    # {skeleton: [0, 1.0, 0]} turns the body about the vertical axis. Applied before standardising.
-    rotate: dict[str, list[float]] = field(default_factory=dict)
-    # Weight of the unimodal auxiliary loss (beyond the paper; 0 = off): CE of a linear classifier per
-    # modality on the mean of its encoder output, over the samples where it is present. It trains
-    # each encoder as a recogniser of its own, the role the paper's per-modality pre-trained
-    # extractors play. The heads are training-only unless model.unimodal_ensemble > 0.
-    unimodal_weight: float = 0.0
-    # Late fusion of the unimodal heads at inference (beyond the paper; 0 = off, needs
-    # unimodal_weight > 0): outside training the output is (log softmax(fused logits) + w * the mean
-    # over the *present* modalities of their unimodal heads' log softmax) / (1 + w). Training still
-    # fits the fused logits; a distilled student learns from its teacher's late-fused output.
-    unimodal_ensemble: float = 0.0
-    # How the late fusion weighs its experts: "equal" (the rule above), "validation" (beyond the
-    # paper): after training, a weight per expert (fused output, each modality's head) is fitted on
-    # the validation split, where a weak sensor earns a small weight (karmma/fusion_weights.py), or
-    # "per_subset": as "validation", then a row of weights per modality subset drawn toward them.
-    fusion_weights: str = "equal"
-    # How the present unimodal heads combine in the late fusion: "product" (the mean of their log
-    # softmax, as above) or "mixture" (beyond the paper): the log of the mean of their probabilities,
-    # so one confidently wrong weak sensor cannot veto strong ones that agree; then (log softmax(fused)
-    # + w * that) / (1 + w). Fitted weights are then (fused a, heads c, each modality's share b_m).
-    unimodal_pool: str = "product"
-    # Train-time modality swap (beyond the paper; {} = off), e.g. {depth: 0.5}: with that probability a
-    # sample's encoded depth tokens are another sample's (label kept), only where the sample has
-    # another modality present, so the fusion learns to cross-check a weak modality (ModalitySwap).
-    swap: dict[str, float] = field(default_factory=dict)
-    swap_min_present: int = 2  # swap only in samples with at least this many modalities present
+    # Add-ons beyond the paper, by registered name (karmma.registries.ADDONS), each with its own
+    # options, parsed by the add-on where the model is built — e.g. the UTD-MHAD recipe's
+    # {late_fusion: {loss_weight: 1.0, ensemble: 2.0, pool: mixture, weights: per_subset}}
+    # (karmma/models/late_fusion.py). Empty: the paper's model.
+    addons: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> None:
-        from karmma.models.registries import check_model_names
-
         check_model_names(self)
         if self.head_average not in ("all", "present"):
             raise ConfigError(f"model.head_average={self.head_average!r}; choose 'all' or 'present'")
@@ -101,40 +74,12 @@ class ModelConfig:
             raise ConfigError(f"model.mlp_ratio={self.mlp_ratio} must be a finite number > 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
-        if not (0.0 <= self.time_warp < 1.0 and 0.0 <= self.input_noise):
-            raise ConfigError("model.time_warp must be in [0, 1) and model.input_noise >= 0")
-        for name, angles in self.rotate.items():
-            if len(angles) != 3 or not all(math.isfinite(a) and 0.0 <= a <= math.pi for a in angles):
-                raise ConfigError(
-                    f"model.rotate.{name}={angles}: give three max angles in radians (about x, y, z), each in [0, pi]"
-                )
-        for name, q in self.swap.items():
-            if not 0.0 <= q <= 1.0:
-                raise ConfigError(f"model.swap.{name}={q} must be a probability in [0, 1]")
-        if self.swap_min_present < 1:
-            raise ConfigError(f"model.swap_min_present={self.swap_min_present} must be >= 1 (2: never a lone modality)")
-        if not (math.isfinite(self.unimodal_weight) and self.unimodal_weight >= 0):
-            raise ConfigError(f"model.unimodal_weight={self.unimodal_weight} must be a finite number >= 0 (0: off)")
-        if not (math.isfinite(self.unimodal_ensemble) and self.unimodal_ensemble >= 0):
-            raise ConfigError(f"model.unimodal_ensemble={self.unimodal_ensemble} must be a finite number >= 0 (0: off)")
-        if self.unimodal_ensemble > 0 and self.unimodal_weight == 0:
-            raise ConfigError(
-                "model.unimodal_ensemble > 0 fuses the unimodal heads, which only exist with "
-                "model.unimodal_weight > 0; set model.unimodal_weight (e.g. 1.0) or model.unimodal_ensemble=0"
-            )
-        if self.fusion_weights not in ("equal", "validation", "per_subset"):
-            raise ConfigError(
-                f"model.fusion_weights={self.fusion_weights!r}; choose 'equal', 'validation' or 'per_subset'"
-            )
-        if self.unimodal_pool not in ("product", "mixture"):
-            raise ConfigError(f"model.unimodal_pool={self.unimodal_pool!r}; choose 'product' or 'mixture'")
-        if self.fusion_weights != "equal" and self.unimodal_ensemble == 0:
-            raise ConfigError(
-                f"model.fusion_weights={self.fusion_weights} weighs the late fusion of the unimodal heads; "
-                "set model.unimodal_ensemble > 0 (e.g. 2.0) or model.fusion_weights=equal"
-            )
         if self.encoder_width < 0 or self.encoder_layers < 0 or self.encoder_tokens < 0:
             raise ConfigError("model.encoder_width, model.encoder_layers and model.encoder_tokens must be >= 0")
+
+    def with_addons(self, addons: dict[str, dict[str, Any]]) -> ModelConfig:
+        """This config with ``model.addons`` as the add-ons resolved them (every option spelled out)."""
+        return dataclasses.replace(self, addons=addons)
 
     @classmethod
     def teacher(cls) -> ModelConfig:
@@ -144,6 +89,40 @@ class ModelConfig:
     def student(cls) -> ModelConfig:
         # A compact fusion block: half the width keeps well under 50% of the teacher's FLOPs.
         return cls(dim=128, depth=4, attn_heads=4, head_hidden=128)
+
+
+@dataclass
+class AugmentConfig:
+    """Train-time augmentation (beyond the paper; all off by default): built by the training engine
+    (:mod:`karmma.engine.augment`), never part of a saved or exported model."""
+
+    time_warp: float = 0.0  # random speed 1 +- w and shift of each sample's standardised tokens
+    input_noise: float = 0.0  # Gaussian noise std on the standardised tokens
+    # Random rotation of a modality's raw values read as consecutive 3-vectors (skeleton joints,
+    # accelerometer/gyroscope axes): max angle in radians about x, y and z, e.g.
+    # {skeleton: [0, 1.0, 0]} turns the body about the vertical axis. Applied before standardising.
+    rotate: dict[str, list[float]] = field(default_factory=dict)
+    # Modality swap, e.g. {depth: 0.5}: with that probability a sample's encoded depth tokens are
+    # another sample's (label kept), only where the sample has another modality present, so the
+    # fusion learns to cross-check a weak modality (ModalitySwap).
+    swap: dict[str, float] = field(default_factory=dict)
+    swap_min_present: int = 2  # swap only in samples with at least this many modalities present
+
+    def validate(self) -> None:
+        if not (0.0 <= self.time_warp < 1.0 and 0.0 <= self.input_noise):
+            raise ConfigError("augment.time_warp must be in [0, 1) and augment.input_noise >= 0")
+        for name, angles in self.rotate.items():
+            if len(angles) != 3 or not all(math.isfinite(a) and 0.0 <= a <= math.pi for a in angles):
+                raise ConfigError(
+                    f"augment.rotate.{name}={angles}: give three max angles in radians (about x, y, z), each in [0, pi]"
+                )
+        for name, q in self.swap.items():
+            if not 0.0 <= q <= 1.0:
+                raise ConfigError(f"augment.swap.{name}={q} must be a probability in [0, 1]")
+        if self.swap_min_present < 1:
+            raise ConfigError(
+                f"augment.swap_min_present={self.swap_min_present} must be >= 1 (2: never a lone modality)"
+            )
 
 
 @dataclass
@@ -206,17 +185,18 @@ class DistillConfig:
     cache_memory_mb: float = 1024.0
     task: str = "logit_kd"  # the objective (karmma.tasks.TASKS): logit_kd (the paper's) or feature_kd
     # Whose logits on the training samples: "teacher" (the given teacher's, as in the paper) or
-    # "out_of_fold" (teachers retrained without each fold, by data.group_pattern; karmma.out_of_fold).
+    # "out_of_fold" (teachers retrained without each fold, by data.group_pattern; karmma.engine.out_of_fold).
     teacher_logits: str = "teacher"
     folds: int = 3  # out_of_fold only
     beta: float = 1.0  # feature_kd only: weight of the feature-matching term (beyond the paper)
     # logit_kd with model.unimodal_weight > 0 (beyond the paper): each unimodal head also learns
     # alpha * CE + (1 - alpha) * T^2 * KL from the teacher's prediction with that modality alone.
     unimodal: bool = False
+    # Options of the objective distill.task names, parsed by that task where it is built (a
+    # registered KD objective's own settings, e.g. {scale: 0.5}); the built-in tasks take none.
+    options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        from karmma.tasks import TASKS
-
         if self.task not in TASKS or self.task == "classification":
             raise ConfigError(f"distill.task={self.task!r}; choose a distillation task: logit_kd, feature_kd, ...")
         if self.teacher_logits not in ("teacher", "out_of_fold"):
@@ -294,6 +274,7 @@ class ExperimentConfig:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     modality_dropout: ModalityDropoutConfig = field(default_factory=ModalityDropoutConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -305,7 +286,7 @@ class ExperimentConfig:
     compile: bool = False  # torch.compile the model's forward (karmma.precision)
 
     def validate(self) -> ExperimentConfig:
-        for part in (self.data, self.model, self.modality_dropout, self.optim, self.distill):
+        for part in (self.data, self.model, self.augment, self.modality_dropout, self.optim, self.distill):
             part.validate()
         if self.checkpoint_every < 0 or self.keep_checkpoints < 1 or self.checkpoint_epochs < 1:
             raise ConfigError("checkpoint_every must be >= 0, checkpoint_epochs and keep_checkpoints >= 1")
@@ -323,11 +304,15 @@ class ExperimentConfig:
 
 
 # Renamed keys: old name -> new name, per config class. Old configs and checkpoints still load.
-RENAMED = {ModelConfig: {"heads": "attn_heads"}}
+RENAMED: dict[type, dict[str, str]] = {ModelConfig: {"heads": "attn_heads"}}
 
 
 def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
-    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types; an experiment
+    config written for karmma 0.1 (augmentation and late fusion as ``model.*`` keys) is read as
+    its 0.2 layout, with a warning (:mod:`karmma.config_migration`)."""
+    if cls is ExperimentConfig and isinstance(data, dict):
+        data = migrate_experiment(data, where)
     return typed_from_dict(cls, data, where, RENAMED)
 
 
@@ -383,7 +368,29 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"--set {' --set '.join(blamed)} (on {where}): {text}") from None
 
 
-def model_config_from_json(data: dict[str, Any], where: str) -> ModelConfig:
+def model_config_from_json(data: dict[str, Any], where: str, version: int = 2) -> ModelConfig:
+    """The model config of a ``model.json`` (or an ONNX file's metadata) of format ``version``:
+    version 1 (karmma 0.1) held augmentation and late fusion as flat keys."""
+    if version < 2 and isinstance(data, dict):
+        data = migrate_model(data)[0]
     cfg = from_dict(ModelConfig, data, where)
     cfg.validate()
     return cfg
+
+
+def check_model_names(cfg: ModelConfig) -> None:
+    """``model.missing``, ``model.fusion``, ``model.encoders`` and ``model.addons`` name registered
+    entries (built-in or from a plugin package); nothing is imported to check them."""
+    for key, registry in (("missing", MISSING), ("fusion", FUSION)):
+        name = getattr(cfg, key)
+        if name not in registry:
+            raise ConfigError(f"model.{key}={name!r}; choose one of {registry.names()}")
+    for key, registry in (("encoders", ENCODERS), ("addons", ADDONS)):
+        named = getattr(cfg, key)
+        if not isinstance(named, dict):
+            raise ConfigError(f"model.{key} must be a mapping, got {named!r}")
+        for modality, name in named.items():
+            entry = modality if key == "addons" else name
+            if entry not in registry:
+                what = f"model.addons.{entry}" if key == "addons" else f"model.encoders.{modality}={name!r}"
+                raise ConfigError(f"{what}: not registered; choose one of {registry.names()}")

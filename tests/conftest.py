@@ -61,7 +61,7 @@ def preset_specs(pair: str):
 
         return synth("teacher"), synth("student"), {"verb": 8, "noun": 12, "action": 40}
     if pair == "utd_mhad":
-        from karmma.data.readers import get_reader
+        from karmma.data.readers.base import get_reader
         from karmma.extractors.extract import SIZES, backbone_encoder, encoder_specs
 
         reader = get_reader("utd_mhad")

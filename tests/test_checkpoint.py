@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from karmma.checkpoint import load_model, model_metadata, save_model
 from karmma.cli import main
+from karmma.engine.runs import run_train
 from karmma.errors import CheckpointError
+from karmma.io.checkpoint import load_model, model_metadata, save_model
 from karmma.models import KARMMA
-from karmma.runs import run_train
 from tests.conftest import tiny_experiment, tiny_model_cfg
 
 

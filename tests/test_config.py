@@ -62,7 +62,7 @@ def test_old_heads_key_still_loads_with_a_deprecation_message(tmp_path, caplog):
     import json
     import logging
 
-    from karmma.checkpoint import load_model, model_metadata, save_model
+    from karmma.io.checkpoint import load_model, model_metadata, save_model
     from karmma.modalities import ModalitySpec
     from karmma.models import KARMMA
 

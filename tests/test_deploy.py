@@ -5,13 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from karmma.checkpoint import load_model, model_metadata, save_model
 from karmma.cli import main
-from karmma.cost import cost_table, count_flops, format_cost_table
+from karmma.deploy.export import export_onnx, onnx_metadata, verify_onnx
+from karmma.deploy.predict import load_predictor, read_sample
 from karmma.errors import DataError
-from karmma.export import export_onnx, onnx_metadata, verify_onnx
+from karmma.evaluation.cost import cost_table, count_flops, format_cost_table
+from karmma.io.checkpoint import load_model, model_metadata, save_model
 from karmma.models import KARMMA
-from karmma.predict import load_predictor, read_sample
 from tests.conftest import preset_specs, tiny_model_cfg
 
 
@@ -46,9 +46,9 @@ def test_shipped_student_preset_at_most_half_the_teachers_flops(pair):
 
 
 def _pipeline_flops(model, size, subset):
-    from karmma.data.readers import get_reader
+    from karmma.data.readers.base import get_reader
+    from karmma.evaluation.pipeline_cost import extractor_flops
     from karmma.extractors.extract import backbone_encoder
-    from karmma.pipeline_cost import extractor_flops
 
     kinds = get_reader("utd_mhad").modalities
     return extractor_flops({m: backbone_encoder(kinds[m], size) for m in subset}, subset) + count_flops(model, subset)

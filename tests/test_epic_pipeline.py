@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from karmma.cli import main
-from karmma.data.ssv2_media import DETECTION_DIM, HAND_SLOTS, SLOT_DIM, detection_tokens
+from karmma.data.readers.ssv2_media import DETECTION_DIM, HAND_SLOTS, SLOT_DIM, detection_tokens
 from karmma.data.store import open_store
 from tests.media_trees import clip_frames, epic_csv, epic_tree, ssv2_tree, tone, write_clip
 

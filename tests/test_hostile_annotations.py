@@ -51,7 +51,7 @@ def test_bad_epic_annotation_files_are_named_errors(tmp_path, capsys, data, word
 
 def test_a_utf8_bom_as_excel_saves_is_accepted(tmp_path, capsys):
     ann = _csv_bytes(tmp_path, b"\xef\xbb\xbf" + GOOD.encode())
-    from karmma.data.epic import read_annotations
+    from karmma.data.readers.epic import read_annotations
 
     assert [s.narration_id for s in read_annotations(ann)] == ["P01_01_0"]
     rc, out, err = _extract_epic(capsys, tmp_path, ann)  # gets past the CSV: the one segment has no media
@@ -115,7 +115,7 @@ def test_ssv2_json_nested_too_deeply_is_refused(tmp_path, capsys):
 
 
 def test_ssv2_boxes_of_unexpected_shapes_are_named(tmp_path):
-    from karmma.data.ssv2_media import detection_tokens
+    from karmma.data.readers.ssv2_media import detection_tokens
     from karmma.errors import DataError
 
     with pytest.raises(DataError, match="not a list of frames"):

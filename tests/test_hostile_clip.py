@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from karmma.data.video_folder import spectrogram, spectrogram_framing
-from karmma.extractors.audio_stream import BLOCK_FRAMES, FramePool, frames_of, log_mel_framing
-from karmma.extractors.media import log_mel, mel_filterbank
+from karmma.data.media.audio_stream import BLOCK_FRAMES, FramePool, frames_of, log_mel_framing
+from karmma.data.media.decode import log_mel, mel_filterbank
+from karmma.data.readers.video_folder import spectrogram, spectrogram_framing
 from tests.hostile import cli, cli_limited, train_clip_model
 from tests.media_trees import clip_frames, level, mux_audio, tone, write_clip
 
@@ -144,7 +144,7 @@ def test_an_hour_long_audio_track_predicts_in_bounded_memory(epic_model, tmp_pat
 def test_a_long_clip_is_averaged_down_to_the_audio_frame_bound(video_model, tmp_path, monkeypatch, capsys, caplog):
     clip = write_long(tmp_path / "a.wav", 30)
     monkeypatch.setenv("KARMMA_MAX_AUDIO_FRAMES", "500")
-    with caplog.at_level(logging.INFO, logger="karmma.extractors.audio_stream"):
+    with caplog.at_level(logging.INFO, logger="karmma.data.media.audio_stream"):
         rc, out, _ = cli(capsys, "predict", video_model, "--clip", clip)
     assert rc == 0 and "modalities used: audio" in out
     assert "averaged in groups of 6" in caplog.text and "KARMMA_MAX_AUDIO_FRAMES" in caplog.text  # 2814 frames
@@ -195,7 +195,7 @@ def test_a_clip_given_to_input_points_to_clip(video_model, tmp_path, capsys, nam
 
 
 def test_the_video_frames_of_a_clip_are_bounded_and_spread_over_it(video_model, tmp_path, monkeypatch, capsys):
-    from karmma.extractors.media import decode_clip
+    from karmma.data.media.decode import decode_clip
 
     clip = write_clip(tmp_path / "many.mp4", clip_frames(300), 30)
     monkeypatch.setenv("KARMMA_MAX_CLIP_FRAMES", "20")
@@ -212,3 +212,21 @@ def test_a_short_video_in_a_long_container_keeps_its_frames(epic_model, tmp_path
     rc, out, err = cli(capsys, "predict", epic_model, "--clip", clip)
     assert rc == 0, err
     assert "modalities used: rgb, flow, audio   (absent: -)" in out
+
+
+@pytest.mark.parametrize("model", ["video_model", "epic_model"])
+def test_predict_clip_imports_no_dataset_reader_store_writer_or_experiment(model, request, tmp_path):
+    """The robot-side path rebuilds its extractors from the spec saved with the model
+    (``model.json: extractor.kinds`` and the clip format): ``python -X importtime -m karmma predict
+    RUN --clip clip.mp4`` loads no dataset reader, store writer or experiment module."""
+    import subprocess
+    import sys
+
+    run = request.getfixturevalue(model)
+    clip = write_long(tmp_path / "c.mkv", 2.0, video_frames=20, fps=Fraction(10))
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "karmma", "predict", str(run), "--clip", str(clip)],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    loaded = [line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")]
+    bad = [m for m in loaded if m.startswith(("karmma.data.readers", "karmma.data.store_writer", "karmma.experiments"))]
+    assert "karmma.deploy.predict" in loaded and bad == []

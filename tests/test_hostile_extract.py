@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import scipy.io
 
-from karmma.data.epic import Segment
-from karmma.data.epic_media import EpicReader, sample_frames
+from karmma.data.readers.epic import Segment
+from karmma.data.readers.epic_media import EpicReader, sample_frames
 from karmma.data.store import open_store, write_store
 from karmma.data.synthetic import generate
 from karmma.errors import DataError

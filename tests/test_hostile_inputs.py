@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from safetensors import SafetensorError
 
-import karmma.checkpoint
-from karmma.checkpoint import latest_checkpoint
+import karmma.io.checkpoint
+from karmma.config_migration import migrate_experiment
 from karmma.data.store import FeatureStoreWriter, open_store, write_store
 from karmma.data.synthetic import generate, specs
 from karmma.errors import CheckpointError, DataError
-from karmma.rundir import RunLock, check_resume
+from karmma.io.checkpoint import latest_checkpoint
+from karmma.io.rundir import RunLock, check_resume
 from tests.hostile import QUICK, SMALL, cli, corrupt_chunk, renamed, store_args, synthetic_store
 
 # What safetensors raises when the disk is full.
@@ -91,15 +92,22 @@ def test_resume_refuses_other_data_or_config(tmp_path, capsys):
     rc, _, err = cli(capsys, *args, "--set", "optim.lr=0.01")
     assert rc == 2 and "other config keys ['optim.lr']" in err and "--no-resume" in err
     fp = json.loads((tmp_path / "r" / "fingerprint.json").read_text())
-    del fp["config"]["model"]["fusion_weights"]  # as an older karmma wrote it, before the key existed
+    del fp["config"]["augment"]["swap_min_present"]  # as an older karmma wrote it, before the key existed
     (tmp_path / "r" / "fingerprint.json").write_text(json.dumps(fp))
     assert cli(capsys, *args)[0] == 0  # the new key at its default: no change
-    rc, _, err = cli(capsys, *args, "--set", "model.unimodal_weight=1", "--set", "model.unimodal_ensemble=1",
-                     "--set", "model.fusion_weights=validation")  # fmt: skip
-    assert rc == 2 and "has none: give data.val" in err and "model.fusion_weights=equal" in err  # before training
+    # As karmma 0.1 recorded it: augmentation and late fusion as model.* keys (at their defaults).
+    fp = json.loads((tmp_path / "r" / "fingerprint.json").read_text())
+    augment, _ = fp["config"].pop("augment"), fp["config"]["model"].pop("addons")
+    fp["config"]["model"].update(augment, unimodal_weight=0.0, unimodal_ensemble=0.0, unimodal_pool="product",
+                                 fusion_weights="equal")  # fmt: skip
+    (tmp_path / "r" / "fingerprint.json").write_text(json.dumps(fp))
+    assert cli(capsys, *args)[0] == 0  # the same run: resumed
+    rc, _, err = cli(capsys, *args, "--set", "model.addons={late_fusion: {ensemble: 1, weights: validation}}")
+    assert rc == 2 and "has none: give data.val" in err and "model.addons.late_fusion.weights=equal" in err
     new = json.loads((tmp_path / "r" / "fingerprint.json").read_text())
-    new["config"]["model"]["fusion_weights"] = "validation"  # the new key at another value: a change
-    with pytest.raises(CheckpointError, match=r"other config keys \['model.fusion_weights'\]"):
+    new["config"] = migrate_experiment(new["config"], "fingerprint", warn=False)
+    new["config"]["augment"]["time_warp"] = 0.1  # another value: a change
+    with pytest.raises(CheckpointError, match=r"other config keys \['augment.time_warp'\]"):
         check_resume(tmp_path / "r", new)
     train.unlink()
     synthetic_store(train, "train", seed=2)  # other samples at the same path
@@ -155,7 +163,7 @@ def test_ctrl_c_says_where_it_stopped_and_resume_finishes(tmp_path, capsys, stor
 def test_disk_full_keeps_the_old_checkpoint_and_says_so(tmp_path, capsys, stores, monkeypatch):
     args = ["train", "--config", "demo_teacher", "--run-dir", tmp_path / "r", *store_args(*stores),
             "--set", "optim.epochs=2", "--set", "optim.batch_size=32", "--no-progress"]  # fmt: skip
-    real, calls = karmma.checkpoint.save_file, []
+    real, calls = karmma.io.checkpoint.save_file, []
 
     def full_disk(tensors, path, *a, **k):
         calls.append(path)
@@ -163,12 +171,12 @@ def test_disk_full_keeps_the_old_checkpoint_and_says_so(tmp_path, capsys, stores
             raise SafetensorError(DISK_FULL)
         return real(tensors, path, *a, **k)
 
-    monkeypatch.setattr(karmma.checkpoint, "save_file", full_disk)
+    monkeypatch.setattr(karmma.io.checkpoint, "save_file", full_disk)
     rc, _, err = cli(capsys, *args)
     assert rc == 2 and "no space left" in err and "step-00000006" in err and "previous checkpoint is intact" in err
     assert latest_checkpoint(tmp_path / "r").name == "step-00000003"
     assert not list((tmp_path / "r" / "checkpoints").glob(".tmp-*"))
-    monkeypatch.setattr(karmma.checkpoint, "save_file", real)
+    monkeypatch.setattr(karmma.io.checkpoint, "save_file", real)
     assert cli(capsys, *args)[0] == 0
 
 

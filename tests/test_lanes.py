@@ -1,4 +1,4 @@
-"""Two lanes of work (karmma.lanes): the second runs in another process with half the threads,
+"""Two lanes of work (karmma.experiments.lanes): the second runs in another process with half the threads,
 its logs and errors come back, and teacher/baselines trained in two lanes equal those trained one
 after the other at the same thread count."""
 
@@ -10,10 +10,10 @@ import time
 import pytest
 import torch
 
-from karmma.checkpoint import load_model
 from karmma.errors import DataError
-from karmma.lanes import run_two_lanes
-from karmma.runs import run_comparison
+from karmma.experiments.comparison import run_comparison
+from karmma.experiments.lanes import run_two_lanes
+from karmma.io.checkpoint import load_model
 
 
 def _where(tag: str) -> tuple[int, int]:

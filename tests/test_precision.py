@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from karmma.checkpoint import load_model
 from karmma.config import load_config
 from karmma.errors import ConfigError
+from karmma.io.checkpoint import load_model
 from karmma.presets import preset_path
 from tests.hostile import QUICK, cli, store_args
 

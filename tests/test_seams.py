@@ -6,25 +6,31 @@ import dataclasses
 import json
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from karmma.checkpoint import latest_checkpoint, load_model
 from karmma.config import load_config
 from karmma.data.dataset import FeatureSet
-from karmma.data.readers import READERS, DatasetReader, Kind, SampleRef
+from karmma.data.readers.base import READERS, DatasetReader, Kind, SampleRef
 from karmma.data.sources import load_split
 from karmma.data.store import open_store, write_store
 from karmma.data.synthetic import generate
+from karmma.engine.runs import run_distill, run_train
+from karmma.engine.train import fit
+from karmma.errors import ConfigError
+from karmma.io.checkpoint import latest_checkpoint, load_model
 from karmma.losses import multitask_ce
 from karmma.modalities import ModalitySpec
 from karmma.models import KARMMA
+from karmma.models.addons import AddOn
 from karmma.models.fusion import FUSION
 from karmma.presets import preset_path
-from karmma.runs import run_distill, run_train
+from karmma.registries import ADDONS, TASKS
 from karmma.tasks import Task
-from karmma.train import fit
+from karmma.tasks.distillation import LogitDistillationTask
+from karmma.typed_dict import typed_from_dict
 from tests.hostile import QUICK, SMALL, cli, store_args
 
 
@@ -168,3 +174,70 @@ def test_a_new_dataset_reader_through_the_cli(tmp_path, capsys):
     assert fs.modality_names == ["accel", "gyro"]
     assert {i for i, p in zip(fs.ids, fs.present[:, 1]) if not p} == {"1_3"}
     assert fs.class_names["action"] == ["still", "moving"]
+
+
+@dataclasses.dataclass
+class ScaledKDOptions:
+    scale: float = 1.0  # multiplies the KD term
+
+
+@TASKS.register("scaled_kd")
+class ScaledKD(LogitDistillationTask):
+    """A KD objective with its own options (``distill.options``), docs/extending.md example 3."""
+
+    def __init__(self, student, teacher, cfg, cache, options: ScaledKDOptions) -> None:
+        super().__init__(student, teacher, cfg.distill.alpha, cfg.distill.temperature, cache)
+        self.options = options
+
+    @classmethod
+    def from_config(cls, student, teacher, cfg, cache=None):
+        return cls(
+            student, teacher, cfg, cache, typed_from_dict(ScaledKDOptions, cfg.distill.options, "distill.options")
+        )
+
+    def forward(self, batch, mask):
+        out = super().forward(batch, mask)
+        loss = self.alpha * out["ce"] + (1 - self.alpha) * self.options.scale * out["kd"]
+        return {**out, "loss": out["loss"] - out["loss"].detach() + loss.detach()}
+
+
+@ADDONS.register("logit_scale")
+class LogitScale(AddOn):
+    """A model add-on with its own options and weights: a learned scale of the logits (example 5)."""
+
+    @dataclasses.dataclass
+    class Config:
+        init: float = 1.0
+
+        def validate(self) -> None:
+            if self.init <= 0:
+                raise ValueError("init must be > 0")
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self.scale = nn.Parameter(torch.tensor(float(cfg.init)))
+
+    def forward(self, out, present):
+        return out.replace_logits({k: v * self.scale for k, v in out.items()})
+
+
+def test_a_kd_objective_with_its_own_options(tmp_path):
+    base = ["optim.epochs=1", "data.synthetic.num_train=64", "data.synthetic.num_val=32"]
+    run_train(load_config(preset_path("demo_teacher"), base), tmp_path / "teacher")
+    cfg = load_config(preset_path("demo_student"), [*base, "distill.task=scaled_kd", "distill.options={scale: 0.5}"])
+    res = run_distill(cfg, tmp_path / "teacher", tmp_path / "student")
+    assert {"ce", "kd"} <= set(res.history[-1])
+    bad = load_config(preset_path("demo_student"), [*base, "distill.task=scaled_kd", "distill.options={scal: 1}"])
+    with pytest.raises(ConfigError, match=r"distill.options: unknown key\(s\) \['scal'\]"):
+        run_distill(bad, tmp_path / "teacher", tmp_path / "student2")
+
+
+def test_a_model_add_on_with_its_own_options_and_weights(tmp_path):
+    cfg = load_config(preset_path("demo_teacher"), ["optim.epochs=1", "data.synthetic.num_train=64",
+                                                    "model.addons={logit_scale: {init: 2.0}}"])  # fmt: skip
+    res = run_train(cfg, tmp_path / "r")
+    model, meta = load_model(res.run_dir)
+    assert meta["model"]["addons"] == {"logit_scale": {"init": 2.0}}
+    assert "addons.logit_scale.scale" in model.state_dict()
+    with pytest.raises(ConfigError, match=r"model.addons.logit_scale: unknown key"):
+        KARMMA(model.specs, model.tasks, dataclasses.replace(model.cfg, addons={"logit_scale": {"x": 1}}))

@@ -13,12 +13,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from karmma.checkpoint import latest_checkpoint, load_model
 from karmma.data.sources import load_paired, load_split
-from karmma.distill import cache_teacher_logits, distill
-from karmma.evaluate import evaluate_models, write_results
+from karmma.engine.distill import cache_teacher_logits, distill
+from karmma.engine.runs import run_distill, run_train
+from karmma.evaluation.evaluate import evaluate_models, write_results
+from karmma.io.checkpoint import latest_checkpoint, load_model
 from karmma.models import KARMMA
-from karmma.runs import run_distill, run_train
 from karmma.tasks import LogitDistillationTask
 from tests.conftest import tiny_experiment
 
@@ -48,8 +48,8 @@ def test_the_shipped_teacher_preset_fits_32_samples(tmp_path):
     """Learning, not just running: the demo teacher preset (dropout and modality dropout on)
     must fit 32 training samples with all modalities, and its loss must fall."""
     from karmma.config import load_config
+    from karmma.engine.train import quick_eval
     from karmma.presets import preset_path
-    from karmma.train import quick_eval
 
     sets = ["data.synthetic.num_train=32", "data.synthetic.num_val=32", "data.synthetic.absent_rate=0.0",
             "optim.epochs=60", "optim.batch_size=32", "optim.warmup_steps=5", "optim.lr=0.003"]  # fmt: skip
@@ -101,9 +101,9 @@ def test_distill_freezes_teacher_and_shares_the_mask(tmp_path, monkeypatch):
     teacher.forward = spy
     orig_s = student.forward
 
-    def spy_s(tokens, present):
+    def spy_s(tokens, present, **kwargs):
         seen.append(("s", present.clone()))
-        return orig_s(tokens, present)
+        return orig_s(tokens, present, **kwargs)
 
     student.forward = spy_s
     distill(student, teacher, data, scfg, tmp_path / "student")

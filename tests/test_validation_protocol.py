@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from karmma.checkpoint import load_model
 from karmma.data.splits import group_split, sample_groups
 from karmma.data.store import open_store
+from karmma.engine.out_of_fold import fold_of
 from karmma.errors import DataError
-from karmma.out_of_fold import fold_of
+from karmma.io.checkpoint import load_model
 from tests.hostile import QUICK, cli, store_args, synthetic_store
 
 UTD_IDS = [f"a{a}_s{s}_t{t}" for a in range(1, 4) for s in (1, 3, 5, 7) for t in (1, 2)]

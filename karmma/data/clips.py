@@ -1,15 +1,24 @@
-"""A decoded raw clip (``karmma predict --clip``) as a reader's raw modalities."""
+"""Raw clips (``karmma predict --clip``) as the raw modalities a dataset's extraction made: one
+clip format per shipped reader (:data:`CLIP_FORMATS`: ``epic100``, ``ssv2``, ``video``), with the
+frame size, frame count and audio features that reader uses, so that a deployment decodes a clip
+without importing the dataset readers (their annotation parsing, store writing, ...)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
+import scipy.signal
 
-from karmma.data.readers import Raw
-from karmma.extractors.media import Clip
+from karmma.data.media.decode import AUDIO_RATE, MEL_BANDS, Clip, log_mel
+from karmma.data.raw import Raw
 
 VIDEO_MODALITIES = ("rgb", "flow")
+FRAME_SIZE = (64, 64)  # (H, W) the frozen encoders see (EPIC-100, SSv2)
+NUM_FRAMES = 16  # frames sampled evenly over a segment (paper-unknown default)
+VIDEO_FRAME_SIZE = (64, 64)  # the generic video folder's
+AUDIO_BINS = 32  # the generic video folder's spectrogram bands
 
 
 def clip_modalities(clip: Clip, modalities: tuple[str, ...], from_frames: Callable[[np.ndarray], dict]) -> Raw:
@@ -27,3 +36,101 @@ def clip_modalities(clip: Clip, modalities: tuple[str, ...], from_frames: Callab
         else:
             raw.absent["audio"] = clip.absent.get("audio", "no audio track")
     return raw
+
+
+def clip_raw(frames: np.ndarray | None, audio: np.ndarray | None, modalities: tuple[str, ...]) -> Raw:
+    """A decoded clip -> the raw modalities the encoders take: ``rgb`` (T, H, W, 3) in [0, 1],
+    ``flow`` (T-1, H, W, 3) Farneback between consecutive frames, ``audio`` (frames, 128) log-mel."""
+    from karmma.data.media.flow import flow_from_rgb
+
+    raw = Raw()
+    if frames is not None and len(frames) >= 2:
+        if "rgb" in modalities:
+            pick = np.linspace(0, len(frames) - 1, min(NUM_FRAMES, len(frames))).round().astype(int)
+            raw["rgb"] = frames[pick].astype(np.float32) / 255.0
+        if "flow" in modalities:
+            raw["flow"] = flow_from_rgb(frames)
+    if audio is not None and "audio" in modalities:
+        raw["audio"] = log_mel(audio, AUDIO_RATE)
+    return raw
+
+
+def audio_features(path: Path, bins: int = AUDIO_BINS) -> np.ndarray:
+    """(T, bins) log-magnitude spectrogram of a WAV file, mean over channels."""
+    from karmma.data.media.decode import read_wav
+
+    x, rate = read_wav(path)
+    return spectrogram(x.mean(1), rate, bins)
+
+
+def spectrogram(x: np.ndarray, rate: int, bins: int = AUDIO_BINS) -> np.ndarray:
+    """(T, bins) log-magnitude spectrogram of mono audio, averaged into ``bins`` bands: SciPy's STFT
+    (512-sample Hann window, hop 256, zero boundary and end padding), computed block by block."""
+    from karmma.data.media.audio_stream import frames_of
+
+    return frames_of(spectrogram_framing(rate, bins), [np.asarray(x, np.float32).reshape(-1)])
+
+
+def spectrogram_framing(rate: int, bins: int = AUDIO_BINS, nperseg: int = 512, hop: int = 256):
+    """:func:`spectrogram` as a :class:`~karmma.data.media.audio_stream.Framing`: each block is
+    ``scipy.signal.stft`` of a run of the padded signal, so every frame is SciPy's own."""
+    from karmma.data.media.audio_stream import Framing
+
+    def features(run: np.ndarray) -> np.ndarray:
+        _, _, z = scipy.signal.stft(run, fs=rate, nperseg=nperseg, noverlap=nperseg - hop, boundary=None, padded=True)
+        spec = np.log1p(np.abs(z))
+        edges = np.linspace(0, spec.shape[0], bins + 1).astype(int)
+        bands = [spec[a : max(a + 1, b)].mean(0) for a, b in zip(edges[:-1], edges[1:])]
+        return np.stack(bands, axis=1).astype(np.float32)
+
+    # SciPy pads nperseg // 2 zeros at each end, then zeros up to a whole number of hops
+    count = lambda n: -(-(n + nperseg // 2 * 2 - nperseg) // hop) + 1  # noqa: E731
+    return Framing(hop, nperseg, 0, nperseg // 2, count, features, block=2048)  # SciPy's STFT is exact at any block
+
+
+def _frames_raw(raw: Raw, frames: np.ndarray, modalities: tuple[str, ...]) -> Raw:
+    """rgb (every frame, in [0, 1]) and Farneback flow of a decoded clip, as this reader stores them."""
+    from karmma.data.media.flow import flow_from_rgb
+
+    if "rgb" in modalities:
+        raw["rgb"] = frames.astype(np.float32) / 255.0
+    if "flow" in modalities:
+        raw["flow"] = flow_from_rgb(frames)
+    return raw
+
+
+def epic_clip(path: Path, modalities: tuple[str, ...]) -> Raw:
+    """EPIC-100's raw modalities of a clip: rgb and flow from its frames, audio as 128-band log-mel."""
+    from karmma.data.media.audio_stream import log_mel_framing
+    from karmma.data.media.decode import MEL_HOP_S, MEL_NFFT, MEL_WINDOW_S, decode_clip
+
+    mel = log_mel_framing(AUDIO_RATE, MEL_BANDS, MEL_WINDOW_S, MEL_HOP_S, MEL_NFFT)
+    video = "rgb" in modalities or "flow" in modalities
+    clip = decode_clip(path, FRAME_SIZE, 2 * NUM_FRAMES, mel if "audio" in modalities else None, video)
+    return clip_modalities(clip, modalities, lambda frames: clip_raw(frames, None, modalities))
+
+
+def ssv2_clip(path: Path, modalities: tuple[str, ...]) -> Raw:
+    """SSv2's raw modalities of a clip: rgb and flow (no object detector runs on a raw clip)."""
+    from karmma.data.media.decode import decode_clip
+
+    raw = clip_raw(decode_clip(path, FRAME_SIZE, 2 * NUM_FRAMES)[0], None, modalities)
+    if "detections" in modalities:
+        raw.absent["detections"] = "no object detector runs on a raw clip"
+    return raw
+
+
+def video_clip(path: Path, modalities: tuple[str, ...]) -> Raw:
+    """The generic video folder's raw modalities of a clip: every frame, flow, a log spectrogram."""
+    from karmma.data.media.decode import decode_clip
+
+    framing = spectrogram_framing(AUDIO_RATE) if "audio" in modalities else None
+    clip = decode_clip(path, VIDEO_FRAME_SIZE, 10_000, framing, video="rgb" in modalities or "flow" in modalities)
+    return clip_modalities(clip, modalities, lambda frames: _frames_raw(Raw(), frames, modalities))
+
+
+CLIP_FORMATS: dict[str, Callable[[Path, tuple[str, ...]], Raw]] = {
+    "epic100": epic_clip,
+    "ssv2": ssv2_clip,
+    "video": video_clip,
+}

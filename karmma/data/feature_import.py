@@ -36,7 +36,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from karmma.data import epic
+from karmma.data.readers import epic
 from karmma.data.safe_files import check_features_dtype, check_hdf5, npy_info, npz_info, read_npy, read_npz
 from karmma.data.safe_pickle import Budget, safe_unpickle
 from karmma.data.store_safety import os_error

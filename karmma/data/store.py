@@ -24,8 +24,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -33,9 +33,13 @@ import numpy as np
 from karmma.data.checksums import NO_RECORD
 from karmma.data.dataset import FeatureSet, RowView
 from karmma.data.safe_files import check_hdf5, declared_bytes
-from karmma.data.store_writer import FORMAT, VERSION, FeatureStoreWriter
+from karmma.data.store_format import FORMAT, VERSION
 from karmma.errors import ConfigError, DataError
 from karmma.modalities import ModalitySpec
+
+if TYPE_CHECKING:
+    from karmma.data.store_sets import write_store
+    from karmma.data.store_writer import FeatureStoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -253,34 +257,15 @@ class LazyH5:
         return {**self.__dict__, "_file": None, "_dataset": None, "_pid": None}
 
 
-def write_store(path: str | Path, sets: Mapping[str, FeatureSet], dtype: str | None = None) -> Path:
-    """Write feature sets of the same samples (e.g. ``{"teacher": a, "student": b}``) to one store,
-    in ``dtype`` (default: float16 if the sets hold float16, else float32).
+def __getattr__(name: str):
+    """The writing side, imported only when asked for: reading a store (a deployment, an
+    evaluation) does not load the writer."""
+    if name == "write_store":
+        from karmma.data.store_sets import write_store
 
-    All or nothing: the store is written under a temporary name and renamed when complete, so a
-    refused write (bad values, no samples) leaves no file and never replaces an existing store.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.writing")
-    first = next(iter(sets.values()))
-    if dtype is None:
-        held = {getattr(a, "dtype", np.float32) for v in sets.values() for a in v.features.values()}
-        dtype = "float16" if held == {np.dtype(np.float16)} else "float32"
-    try:
-        with FeatureStoreWriter(
-            tmp,
-            ids=first.ids,
-            labels=first.labels,
-            tasks=first.tasks,
-            feature_sets={k: v.specs for k, v in sets.items()},
-            class_names=first.class_names,
-            resume=False,
-            dtype=dtype,
-        ) as w:
-            rows = np.arange(len(first))
-            w.write_all({k: {s.name: v._read(s.name, rows, keep_dtype=True) for s in v.specs} for k, v in sets.items()},
-                        first.present)  # fmt: skip
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+        return write_store
+    if name == "FeatureStoreWriter":
+        from karmma.data.store_writer import FeatureStoreWriter
+
+        return FeatureStoreWriter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

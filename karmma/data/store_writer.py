@@ -40,8 +40,8 @@ from karmma.outputs import write_failed
 
 log = logging.getLogger(__name__)
 
-FORMAT = "karmma-feature-store"
-VERSION = 1
+from karmma.data.store_format import FORMAT, VERSION  # noqa: E402,F401  (their home before 0.2)
+
 DTYPES = ("float32", "float16")
 CHUNK_BYTES = 1 << 20  # HDF5's advice: ~1 MiB chunks (and its default chunk cache is 1 MiB)
 MAX_CHUNK_ROWS = 64
@@ -384,13 +384,12 @@ class FeatureStoreWriter:
 
 
 def __getattr__(name: str):
-    """``write_store`` moved to :mod:`karmma.data.store` (where the README shows it)."""
+    """``write_store`` lives in :mod:`karmma.data.store_sets`, shown as ``karmma.data.store.write_store``."""
     if name == "write_store":
+        import importlib
         import warnings
 
         warnings.warn("import write_store from karmma.data.store; karmma.data.store_writer.write_store will "
                       "be removed in the next release", DeprecationWarning, stacklevel=2)  # fmt: skip
-        from karmma.data.store import write_store
-
-        return write_store
+        return importlib.import_module("karmma.data.store_sets").write_store  # lazily: store_sets imports this
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

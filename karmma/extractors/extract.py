@@ -1,4 +1,4 @@
-"""``karmma extract``: read a dataset through its registered reader (:mod:`karmma.data.readers`),
+"""``karmma extract``: read a dataset through its registered reader (:mod:`karmma.data.readers.base`),
 run the frozen teacher- and student-sized encoders chosen by each modality's kind, and write a
 resumable feature store.
 
@@ -17,82 +17,29 @@ import logging
 import multiprocessing as mp
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from karmma.data.readers import DatasetReader, Kind, SampleRef, get_reader
+from karmma.data.readers.base import DatasetReader, SampleRef, get_reader
 from karmma.data.store import FeatureStoreWriter
 from karmma.data.store_summary import store_summary, summary_path
 from karmma.errors import DataError, Interrupted
-from karmma.extractors.encoders import SIZES, CNNEncoder, PoolFrames, PoolSignal, WithVelocity, encoder_path
+from karmma.extractors.encoders import SIZES
+from karmma.extractors.families import (  # noqa: F401  (backbone_encoder, pool_encoder: their home before 0.2)
+    NUM_TOKENS,
+    Encoder,
+    backbone_encoder,
+    pool_encoder,
+)
 from karmma.faults import fault_point
 from karmma.modalities import ModalitySpec
 from karmma.outputs import check_file_writable, not_an_input, write_json_atomic
 from karmma.progress import progress_bar
+from karmma.registries import EXTRACTORS
 
 log = logging.getLogger(__name__)
-
-NUM_TOKENS = 8
-
-Encoder = Callable[[np.ndarray], np.ndarray]
-
-
-def pool_encoder(kind: Kind, size: str) -> Encoder:
-    """Parameter-free encoders: the teacher's see a finer grid / richer statistics."""
-    teacher = size == "teacher"
-    c = kind.channels
-    if kind.kind in ("frames", "depth"):
-        return PoolFrames(NUM_TOKENS, (8, 8) if teacher else (4, 4), c)
-    if kind.kind == "flow":
-        return PoolFrames(NUM_TOKENS, (6, 8) if teacher else (3, 4), c, motion=False)
-    if kind.kind == "signal":
-        return PoolSignal(NUM_TOKENS, c, rich=teacher)
-    if kind.kind == "skeleton":  # the teacher also sees joint velocities
-        return (
-            WithVelocity(PoolSignal(NUM_TOKENS, 2 * c, rich=False))
-            if teacher
-            else PoolSignal(NUM_TOKENS, c, rich=False)
-        )
-    raise DataError(f"no encoder for modality kind {kind.kind!r}; kinds: frames, depth, flow, signal, skeleton")
-
-
-def pool_encoders(reader: DatasetReader, modalities: tuple[str, ...]) -> dict[str, dict[str, Encoder]]:
-    return {size: {m: pool_encoder(reader.modalities[m], size) for m in modalities} for size in SIZES}
-
-
-def cnn_encoders(
-    reader: DatasetReader, modalities: tuple[str, ...], weights: str | Path | None
-) -> dict[str, dict[str, Encoder]]:
-    if not weights:
-        raise DataError("--encoder cnn needs --weights DIR holding {modality}_{teacher,student}.safetensors")
-    out = {size: {m: CNNEncoder.from_pretrained(encoder_path(weights, m, size)) for m in modalities} for size in SIZES}
-    for m in modalities:  # as with the pool encoders: a teacher also sees skeleton velocities
-        if reader.modalities[m].kind == "skeleton":
-            out["teacher"][m] = WithVelocity(out["teacher"][m])
-    return out
-
-
-def backbone_encoder(kind: Kind, size: str) -> Encoder:
-    """Frozen ImageNet backbones for images (EfficientNet-Lite2 teacher, Lite0 student); raw
-    resampled signals for the model's trainable 1-D encoders."""
-    from karmma.extractors.backbone import BACKBONES, SIGNAL_STEPS, BackboneFlow, BackboneFrames, Resampled
-    from karmma.extractors.motion_maps import DepthMotionMaps
-
-    variant, resolution = BACKBONES[size]
-    if kind.kind == "depth":  # depth motion maps for the model's trainable motion_map_cnn
-        return DepthMotionMaps()
-    if kind.kind == "frames":
-        return BackboneFrames(NUM_TOKENS, variant, resolution)
-    if kind.kind == "flow":
-        return BackboneFlow(NUM_TOKENS, variant, resolution)
-    if kind.kind in ("signal", "skeleton"):
-        return Resampled(SIGNAL_STEPS, kind.channels, velocity=kind.kind == "skeleton")
-    raise DataError(f"no encoder for modality kind {kind.kind!r}; kinds: frames, depth, flow, signal, skeleton")
-
-
-ENCODER_FAMILIES = ("pool", "efficientnet", "cnn")
 
 
 def encoder_specs(
@@ -193,15 +140,12 @@ def run_extract(
     ids = [r.id for r in refs]
     tasks, class_names = reader.tasks(refs)
     labels = {t: [r.labels[t] for r in refs] for t in tasks}
-    if encoder == "pool":
-        encoders = pool_encoders(reader, modalities)
-    elif encoder == "efficientnet":
-        encoders = {size: {m: backbone_encoder(reader.modalities[m], size) for m in modalities} for size in SIZES}
-    elif encoder == "cnn":
-        encoders = cnn_encoders(reader, modalities, weights)
-    else:
-        raise DataError(f"unknown encoder family {encoder!r}; choose one of {ENCODER_FAMILIES}")
+    kinds = {m: reader.modalities[m] for m in modalities}
+    family = EXTRACTORS.get(encoder)
+    encoders = {size: family(kinds, size, weights) for size in SIZES}
     extra = {**reader.extra, "encoder": encoder, "reader": dataset}
+    if weights:  # where the family's weights are: `predict --clip` loads the same ones
+        extra["weights"] = str(Path(weights).resolve())
     fresh = not (resume and out.exists())
     writer = FeatureStoreWriter(out, ids, labels, tasks, encoder_specs(encoders, modalities), class_names,
                                 extra=extra, resume=resume, dtype=dtype)  # fmt: skip

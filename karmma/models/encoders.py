@@ -6,8 +6,8 @@ features go straight to the embedding). An encoder takes the standardised stored
 it sets ``standardize_inputs = False`` — and returns (B, N', D'), which :meth:`out_spec`
 declares so that the embedding is sized for it. A registered encoder is built
 with ``from_config(spec, cfg)``; its ``__init__`` takes plain arguments. Two more opt-outs: an
-encoder with ``token_augment = False`` gets its tokens without ``model.time_warp`` and
-``model.input_noise`` (images, not sequences); one with ``takes_presence = True`` is called as
+encoder with ``token_augment = False`` gets its tokens without ``augment.time_warp`` and
+``augment.input_noise`` (images, not sequences); one with ``takes_presence = True`` is called as
 ``encoder(x, present)`` with the modality's (B,) presence.
 """
 
@@ -18,15 +18,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from karmma.modalities import ModalitySpec, check_named_modalities
-from karmma.registry import Registry
-
-ENCODERS = Registry("modality encoder")
+from karmma.registries import ENCODERS
 
 
 class ModalityEncoder(nn.Module):
-    """Base of the registered encoders: ``self.spec`` is what it outputs."""
+    """Base of the registered encoders: ``self.spec`` is what it outputs; the class attributes
+    declare what it takes (the model reads them, never probes)."""
 
     spec: ModalitySpec
+    standardize_inputs: bool = True  # False: raw stored values (e.g. pixels in [0, 1])
+    token_augment: bool = True  # False: no time warp / input noise (images, not sequences)
+    takes_presence: bool = False  # True: called as encoder(x, present) with the (B,) presence
 
     @classmethod
     def from_config(cls, spec: ModalitySpec, cfg) -> ModalityEncoder:
@@ -95,8 +97,9 @@ class _Conv1d(nn.Module):
         return self.conv(x.transpose(1, 2)).transpose(1, 2)
 
 
-def build_encoders(specs: list[ModalitySpec], names: dict[str, str], cfg) -> nn.ModuleList:
-    """One encoder per modality (``identity`` where ``names`` has none)."""
+def build_encoders(specs: list[ModalitySpec], cfg) -> nn.ModuleList:
+    """One encoder per modality, as ``model.encoders`` names them (``identity`` where it does not)."""
+    names = cfg.encoders
     check_named_modalities(names, specs, "model.encoders")
     return nn.ModuleList(ENCODERS.get(names.get(s.name, "identity")).from_config(s, cfg) for s in specs)
 
@@ -106,6 +109,8 @@ class FineTunedBackbone(ModalityEncoder):
     """The student's image backbone trained end to end: each stored token is one raw RGB image
     (3 x S x S values in [0, 1], flattened), run through ImageNet-initialised EfficientNet-Lite0
     whose weights are all trained -> (N, 1280). For GPU hosts; tested on tiny images."""
+
+    standardize_inputs = False  # pixels in [0, 1], as the ImageNet weights expect
 
     def __init__(self, spec: ModalitySpec, variant: str = "lite0") -> None:
         super().__init__()
@@ -119,9 +124,8 @@ class FineTunedBackbone(ModalityEncoder):
                 "efficientnet_lite0 encoder takes raw frames stored flattened"
             )
         self.side = side
-        self.standardize_inputs = False  # pixels in [0, 1], as the ImageNet weights expect
         self.backbone = load_pretrained(variant).train()
-        self.backbone._fc = nn.Identity()  # the ImageNet classifier is not used: features only
+        self.backbone._fc = nn.Identity()  # type: ignore[assignment]  # the classifier is not used: features only
         self.spec = ModalitySpec(spec.name, spec.num_tokens, EfficientNetLite.FEATURE_DIM)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,9 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from karmma.registry import Registry
-
-FUSION = Registry("fusion block")
+from karmma.registries import FUSION
 
 
 class Attention(nn.Module):

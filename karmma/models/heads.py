@@ -28,6 +28,7 @@ class MultiTaskHead(nn.Module):
         w = weights / weights.sum(1, keepdim=True).clamp_min(1e-6)
         out = {}
         for task, mlps in self.heads.items():
-            logits = torch.stack([mlp(readers[:, r]) for r, mlp in enumerate(mlps)], dim=1)
+            per_reader: list[nn.Module] = list(mlps)  # type: ignore[call-overload]
+            logits = torch.stack([mlp(readers[:, r]) for r, mlp in enumerate(per_reader)], dim=1)
             out[task] = (logits * w[:, :, None]).sum(1)
         return out

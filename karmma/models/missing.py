@@ -20,9 +20,7 @@ import torch
 from torch import nn
 
 from karmma.modalities import ModalitySpec
-from karmma.registry import Registry
-
-MISSING = Registry("missing-modality strategy")
+from karmma.registries import MISSING
 
 
 class MissingStrategy(nn.Module):

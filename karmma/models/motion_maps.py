@@ -5,7 +5,7 @@ view (front, side, top), each a C-channel S x S image flattened — runs one CNN
 (four blocks of 3x3 conv, batch norm, ReLU and 2x2 max pooling, widths w, 2w, 4w, 4w; global
 average pool), adds a learned embedding per view and returns one token: the three views' features
 side by side (B, 1, 3 x 4w). On UTD-MHAD's depth this beat frozen ImageNet features of the same
-clips by ~30 points (docs/utd_mhad.md).
+clips by ~30 points (docs/results/utd_mhad.md).
 
 * In training, each image gets a random scale (+-15%) and shift (+-10%), and only the samples whose
   modality is present go through the CNN, so that batch-norm statistics never see absent zeros.

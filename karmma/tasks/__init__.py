@@ -5,17 +5,12 @@ distillation, beyond the paper). A distillation task is built as ``cls.from_conf
 teacher, cfg, cache)``; register your own with ``@TASKS.register("name")``.
 """
 
-from karmma.registry import Registry
+from karmma.registries import TASKS
 from karmma.tasks.base import FrozenTeacherMixin, Task
 from karmma.tasks.classification import ClassificationTask
 from karmma.tasks.distillation import LogitDistillationTask
 from karmma.tasks.feature_distillation import FeatureDistillationTask
 from karmma.tasks.teacher_logits import TeacherLogits, cache_teacher_logits
-
-TASKS = Registry("training task")
-TASKS.register("classification")(ClassificationTask)
-TASKS.register("logit_kd")(LogitDistillationTask)
-TASKS.register("feature_kd")(FeatureDistillationTask)
 
 __all__ = [
     "TASKS",

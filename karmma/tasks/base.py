@@ -3,21 +3,29 @@ open_clip's distillation task).
 
 A task owns every trainable part — ``self.model`` (the model the run saves) and any modules
 named in ``extra_parts`` (e.g. a projector) — and any frozen teacher. ``forward(batch, mask)``
-returns ``{"loss": total, <named components>: scalars, "output": the model's logits}``. The
-generic loop (:func:`karmma.train.fit`) optimises :meth:`trainable_parameters`, wraps only the
+returns ``{"loss": total, <named components>: scalars, "output": the model's logits}``; the
+model's add-ons (e.g. the late fusion's unimodal heads) add their auxiliary terms through
+:meth:`run_model`, whatever the task. The
+generic loop (:func:`karmma.engine.train.fit`) optimises :meth:`trainable_parameters`, wraps only the
 trainable parts in DDP (:meth:`prepare_distributed`), checkpoints ``model`` and the extra parts,
 and logs the per-epoch mean of every component.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from karmma.data.dataset import Batch
-from karmma.losses import unimodal_ce, unimodal_kd
+from karmma.models.addons import LossContext
 from karmma.models.karmma import KARMMA
+from karmma.models.output import ModelOutput
+
+if TYPE_CHECKING:
+    from karmma.engine.augment import Augmentation
 
 
 class Task(nn.Module):
@@ -27,6 +35,9 @@ class Task(nn.Module):
         super().__init__()
         self.model = model
         self._ddp: dict[str, nn.Module] = {}  # plain dict: the wrappers are not submodules
+        # The training augmentation (karmma.engine.augment), set by the engine; not a submodule:
+        # nothing of it is saved, and only training forwards get it.
+        self.augment: Augmentation | None = None
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         return {"model": self.model, **{name: getattr(self, name) for name in self.extra_parts}}
@@ -62,30 +73,19 @@ class Task(nn.Module):
     def forward(self, batch: Batch, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def run_model(
-        self,
-        batch: Batch,
-        mask: torch.Tensor,
-        with_features: bool = False,
-        label_smoothing: float = 0.0,
-        unimodal_teacher: dict[str, torch.Tensor] | None = None,
-        alpha: float = 1.0,
-        temperature: float = 1.0,
-    ):
-        """The model's ``(logits, [readers,] extra)``: ``extra`` holds the weighted unimodal auxiliary
-        loss under ``"loss"`` and its value under ``"unimodal"`` when ``model.unimodal_weight`` > 0
-        (an empty dict otherwise) — add ``extra["loss"]`` to the task's loss. With
-        ``unimodal_teacher`` (the teacher's ``{task: (B, M, C)}`` single-modality logits) that loss
-        is ``alpha * CE + (1 - alpha) * T^2 * KL`` per unimodal head."""
-        weight = self.model.cfg.unimodal_weight
-        flags = {k: True for k, on in (("with_features", with_features), ("with_unimodal", weight > 0)) if on}
-        out = self.part("model")(batch.tokens, mask, **flags)
-        if weight <= 0:
-            return (*out, {}) if with_features else (out, {})
-        aux = unimodal_ce(out[-1], batch.labels, mask, label_smoothing)
-        if unimodal_teacher is not None:
-            aux = alpha * aux + (1.0 - alpha) * unimodal_kd(out[-1], unimodal_teacher, mask, temperature)
-        return (*out[:-1], {"loss": weight * aux, "unimodal": aux.detach()})
+    def run_model(self, batch: Batch, mask: torch.Tensor, ctx: LossContext | None = None) -> tuple[ModelOutput, dict]:
+        """The model's output on ``batch`` under ``mask`` (with the training augmentation) and the
+        add-ons' auxiliary terms: ``aux["loss"]`` (their weighted sum; add it to the task's loss,
+        absent when no add-on has one) and each term's value by name. ``ctx`` says what the task
+        knows (labels, a teacher, alpha, T); by default the labels only."""
+        augment = self.augment if self.training else None  # training forwards only
+        out = self.part("model")(batch.tokens, mask, augment=augment)
+        ctx = ctx if ctx is not None else LossContext(batch.labels)
+        aux: dict[str, torch.Tensor] = {}
+        for addon in self.model.addon_list().values():
+            for key, value in addon.losses(out, mask, ctx).items():
+                aux[key] = aux[key] + value if key in aux else value
+        return out, aux
 
 
 class FrozenTeacherMixin:

@@ -6,6 +6,7 @@ import torch
 
 from karmma.data.dataset import Batch
 from karmma.losses import multitask_ce
+from karmma.models.addons import LossContext
 from karmma.models.karmma import KARMMA
 from karmma.tasks.base import Task
 
@@ -16,6 +17,6 @@ class ClassificationTask(Task):
         self.label_smoothing = label_smoothing
 
     def forward(self, batch: Batch, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits, aux = self.run_model(batch, mask, label_smoothing=self.label_smoothing)
-        ce = multitask_ce(logits, batch.labels, self.label_smoothing)
-        return {"loss": ce + aux.pop("loss", 0.0), "ce": ce.detach(), **aux, "output": logits}
+        out, aux = self.run_model(batch, mask, LossContext(batch.labels, self.label_smoothing))
+        ce = multitask_ce(out, batch.labels, self.label_smoothing)
+        return {"loss": ce + aux.pop("loss", 0.0), "ce": ce.detach(), **aux, "output": out.logits}

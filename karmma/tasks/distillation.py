@@ -17,7 +17,9 @@ from karmma.data.dataset import Batch
 from karmma.errors import ConfigError
 from karmma.losses import kd_kl, multitask_ce
 from karmma.modalities import subset_index
+from karmma.models.addons import LossContext
 from karmma.models.karmma import KARMMA
+from karmma.models.late_fusion import late_fusion_of
 from karmma.tasks.base import FrozenTeacherMixin, Task
 from karmma.tasks.teacher_logits import TeacherLogits
 
@@ -33,10 +35,10 @@ class LogitDistillationTask(FrozenTeacherMixin, Task):
         unimodal: bool = False,
     ) -> None:
         super().__init__(student)
-        if unimodal and student.unimodal is None:
+        if unimodal and late_fusion_of(student) is None:
             raise ConfigError(
-                "distill.unimodal distils the student's unimodal heads, which only exist with "
-                "model.unimodal_weight > 0; set it (e.g. 1.0) or distill.unimodal=false"
+                "distill.unimodal distils the student's unimodal heads, which only exist with the late-fusion "
+                "add-on; set model.addons.late_fusion (e.g. {loss_weight: 1.0}) or distill.unimodal=false"
             )
         self.teacher = teacher
         self.alpha, self.temperature = alpha, temperature
@@ -55,20 +57,12 @@ class LogitDistillationTask(FrozenTeacherMixin, Task):
         with torch.no_grad():
             return self.teacher(batch.teacher_tokens, mask)  # the same mask as the student's
 
-    def single_modality_logits(self, batch: Batch, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The teacher's ``{task: (B, M, C)}`` logits with each modality alone (only the mask's
-        present pairs are used)."""
-        singles = torch.eye(mask.shape[1], dtype=torch.bool, device=mask.device)
-        outs = [self.teacher_logits(batch, row.expand_as(mask)) for row in singles]
-        return {k: torch.stack([o[k] for o in outs], dim=1) for k in outs[0]}
-
     def forward(self, batch: Batch, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        # the constructor checked that the student has unimodal heads, so the teacher's are used
-        singles = self.single_modality_logits(batch, mask) if self.unimodal else None
-        logits, aux = self.run_model(batch, mask, unimodal_teacher=singles, alpha=self.alpha,
-                                     temperature=self.temperature)  # fmt: skip
-        ce = multitask_ce(logits, batch.labels)
+        ctx = LossContext(batch.labels, teacher=lambda m: self.teacher_logits(batch, m), alpha=self.alpha,
+                          temperature=self.temperature, distill_addons=self.unimodal)  # fmt: skip
+        out, aux = self.run_model(batch, mask, ctx)
+        ce = multitask_ce(out, batch.labels)
         t_logits = self.teacher_logits(batch, mask)
-        kd = torch.stack([kd_kl(logits[k], t_logits[k], self.temperature) for k in logits]).mean()
+        kd = torch.stack([kd_kl(out[k], t_logits[k], self.temperature) for k in out]).mean()
         loss = self.alpha * ce + (1.0 - self.alpha) * kd + aux.pop("loss", 0.0)
-        return {"loss": loss, "ce": ce.detach(), "kd": kd.detach(), **aux, "output": logits}
+        return {"loss": loss, "ce": ce.detach(), "kd": kd.detach(), **aux, "output": out.logits}

@@ -49,14 +49,15 @@ class FeatureDistillationTask(LogitDistillationTask):
         return cls(student, teacher, cfg.distill.alpha, cfg.distill.temperature, cfg.distill.beta)
 
     def forward(self, batch: Batch, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits, s_readers, aux = self.run_model(batch, mask, with_features=True)
+        logits, aux = self.run_model(batch, mask)
+        s_readers = logits.readers
         with torch.no_grad():
-            # the teacher's output as it predicts (late-fused where model.unimodal_ensemble > 0)
-            t_logits, t_readers = self.teacher(batch.teacher_tokens, mask, with_features=True)
-            t_readers = F.layer_norm(t_readers, t_readers.shape[-1:])
+            # the teacher's output as it predicts (late-fused where its late-fusion add-on ensembles)
+            t_logits = self.teacher(batch.teacher_tokens, mask)
+            t_readers = F.layer_norm(t_logits.readers, t_logits.readers.shape[-1:])
         ce = multitask_ce(logits, batch.labels)
         kd = torch.stack([kd_kl(logits[k], t_logits[k], self.temperature) for k in logits]).mean()
         feat = F.mse_loss(self.part("projector")(s_readers), t_readers)
         loss = self.alpha * ce + (1.0 - self.alpha) * kd + self.beta * feat + aux.pop("loss", 0.0)
         parts = {"ce": ce.detach(), "kd": kd.detach(), "feat": feat.detach(), **aux}
-        return {"loss": loss, **parts, "output": logits}
+        return {"loss": loss, **parts, "output": logits.logits}

@@ -70,17 +70,17 @@ class TeacherLogits:
 
     def lookup(self, index: torch.Tensor, col: torch.Tensor) -> dict[str, torch.Tensor]:
         """The logits of sample ``index[i]`` under subset ``col[i]``, for each task: ``(B, C)``."""
-        index, col = index.cpu().numpy(), col.cpu().numpy()
+        rows, cols = index.cpu().numpy(), col.cpu().numpy()
         out = {}
         for task in self.tasks:
             if not self.on_disk:
-                out[task] = self.arrays[task][torch.from_numpy(col), torch.from_numpy(index)]
+                out[task] = self.arrays[task][torch.from_numpy(cols), torch.from_numpy(rows)]
                 continue
-            res = torch.empty(len(index), self.arrays[task].shape[2])
-            for c in np.unique(col):
-                pick = np.flatnonzero(col == c)
-                order = np.argsort(index[pick], kind="stable")
-                res[pick[order]] = self._read(task, int(c), index[pick][order])
+            res = torch.empty(len(rows), self.arrays[task].shape[2])
+            for c in np.unique(cols):
+                pick = np.flatnonzero(cols == c)
+                order = np.argsort(rows[pick], kind="stable")
+                res[pick[order]] = self._read(task, int(c), rows[pick][order])
             out[task] = res
         return out
 
@@ -101,7 +101,8 @@ def open_teacher_logits(path: str | Path, tasks: list[str]) -> TeacherLogits:
 
 def _key(teacher: torch.nn.Module, ids: list[str], teacher_hash: str | None) -> str:
     h = hashlib.sha256("\n".join(ids).encode())
-    return json.dumps({"teacher": teacher_hash, "samples": h.hexdigest(), "tasks": dict(teacher.tasks)})
+    tasks: dict[str, int] = getattr(teacher, "tasks")  # noqa: B009  (a KARMMA's {task: classes})
+    return json.dumps({"teacher": teacher_hash, "samples": h.hexdigest(), "tasks": dict(tasks)})
 
 
 def _open_file(path: Path, key: str, n: int, num_subsets: int, tasks: dict[str, int]) -> tuple[h5py.File, int]:
@@ -174,4 +175,4 @@ def cache_teacher_logits(
     bar.close()
     if h5 is not None:
         h5.flush()
-    return TeacherLogits(arrays, path if h5 is not None else None)
+    return TeacherLogits(arrays, Path(path) if h5 is not None and path is not None else None)

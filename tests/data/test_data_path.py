@@ -9,14 +9,14 @@ import torch
 from safetensors.torch import load_file
 
 import karmma.data.store
-from karmma.checkpoint import load_model
 from karmma.cli import main
 from karmma.data.order import epoch_order
 from karmma.data.sources import load_paired
 from karmma.data.store import FeatureStoreWriter, LazyH5, open_store, write_store
+from karmma.engine.runs import run_train
 from karmma.errors import DataError
+from karmma.io.checkpoint import load_model
 from karmma.modalities import ModalitySpec, subset_index
-from karmma.runs import run_train
 from karmma.tasks import cache_teacher_logits
 from tests.conftest import tiny_experiment
 from tests.hostile import QUICK, cli, store_args, synthetic_store

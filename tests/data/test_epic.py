@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from karmma.data import epic, ssv2
+from karmma.data.readers import epic, ssv2
 from karmma.errors import DataError
 
 HEADER = (

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from karmma.cli import main
-from karmma.data.epic_media import EpicReader, flow_index, frame_rate, sample_frames
+from karmma.data.media.decode import NoStream, log_mel, mel_filterbank, read_audio, read_video
+from karmma.data.readers.epic_media import EpicReader, flow_index, frame_rate, sample_frames
 from karmma.data.store import open_store
 from karmma.errors import DataError
-from karmma.extractors.media import NoStream, log_mel, mel_filterbank, read_audio, read_video
 from tests.media_trees import clip_frames, epic_csv, epic_tree, level, tone, write_clip
 
 

@@ -6,15 +6,15 @@ import torch
 from safetensors.torch import load_file
 
 import karmma.data.store
-from karmma.checkpoint import load_model
 from karmma.cli import main
 from karmma.data.dataset import FeatureSet, PairedFeatureSet
 from karmma.data.loader import batch_loader
 from karmma.data.sources import load_split
 from karmma.data.store import LazyH5, open_store
-from karmma.evaluate import evaluate_models
+from karmma.engine.runs import run_distill, run_train
+from karmma.evaluation.evaluate import evaluate_models
+from karmma.io.checkpoint import load_model
 from karmma.models import KARMMA
-from karmma.runs import run_distill, run_train
 from tests.conftest import tiny_experiment
 from tests.hostile import QUICK, store_args, synthetic_store
 

@@ -6,12 +6,12 @@ import pytest
 import scipy.io
 import scipy.io.wavfile
 
+from karmma.data.media.flow import optical_flow
+from karmma.data.readers.utd_mhad import list_clips, load_modality
 from karmma.data.store import open_store
-from karmma.data.utd_mhad import list_clips, load_modality
 from karmma.errors import CheckpointError, DataError
 from karmma.extractors.encoders import CNNConfig, CNNEncoder, PoolFrames, PoolSignal, segment_bounds
 from karmma.extractors.extract import run_extract
-from karmma.extractors.flow import optical_flow
 
 
 def make_utd(root, clips=((1, 1, 1), (2, 2, 1), (3, 1, 2)), skip=()):

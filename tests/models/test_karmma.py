@@ -133,7 +133,8 @@ def test_shipped_student_preset_is_smaller_than_its_teacher(pair):
 
 
 def test_token_augment_is_train_only_seeded_and_spares_absent_modalities(specs, tasks):
-    from karmma.models.augment import TokenAugment
+    from karmma.config import AugmentConfig
+    from karmma.engine.augment import Augmentation, TokenAugment
 
     x = torch.randn(4, 6, 3)
     aug = TokenAugment(time_warp=0.3, noise=0.1)
@@ -143,11 +144,14 @@ def test_token_augment_is_train_only_seeded_and_spares_absent_modalities(specs, 
     a = aug(x)
     torch.manual_seed(0)
     assert torch.equal(a, aug(x)) and not torch.equal(a, x) and a.shape == x.shape
-    model = KARMMA(specs, tasks, tiny_model_cfg(time_warp=0.3, input_noise=0.5)).train()
+    # The model augments only the forwards the engine hands the pipeline to (training steps).
+    augment = Augmentation(specs, AugmentConfig(time_warp=0.3, input_noise=0.5))
+    model = KARMMA(specs, tasks, tiny_model_cfg()).train()
     tokens, present = random_batch(specs, 3)
     present[:, 1] = False
     torch.manual_seed(1)
-    enc = model.encode(tokens, present)
+    enc = model.encode(tokens, present, augment)
     assert torch.equal(enc[1], torch.zeros_like(enc[1]))  # an absent modality stays empty
+    assert not torch.equal(enc[0], model.encode(tokens, present)[0])  # a present one is augmented
     model.eval()
     assert torch.equal(model.encode(tokens, present)[0], model.encode(tokens, present)[0])

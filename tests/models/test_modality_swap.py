@@ -1,15 +1,15 @@
-"""The modality swap (``model.swap``, chosen on UTD-MHAD's validation folds): in training, a
+"""The modality swap (``augment.swap``, chosen on UTD-MHAD's validation folds): in training, a
 sample's encoded tokens of a modality are sometimes another sample's, so the fusion block learns to
 cross-check a weak modality against the others."""
 
 import pytest
 import torch
 
-from karmma.config import ModelConfig, load_config
+from karmma.config import AugmentConfig, load_config
+from karmma.engine.augment import Augmentation, ModalitySwap, build_augmentation
 from karmma.errors import ConfigError
 from karmma.modalities import ModalitySpec
 from karmma.models import KARMMA
-from karmma.models.augment import ModalitySwap
 from karmma.presets import preset_path
 from tests.conftest import random_batch, tiny_model_cfg
 
@@ -56,44 +56,51 @@ def test_swap_min_present_spares_samples_with_fewer_modalities():
 
 def test_swap_is_off_in_evaluation_and_draws_nothing_at_rate_zero(specs, tasks):
     tokens, present = random_batch(specs, 5)
-    model = KARMMA(specs, tasks, tiny_model_cfg(swap={"rgb": 1.0, "audio": 1.0})).eval()
-    plain = KARMMA(specs, tasks, tiny_model_cfg()).eval()
-    plain.load_state_dict(model.state_dict())
-    assert all(torch.equal(model(tokens, present)[t], plain(tokens, present)[t]) for t in tasks)
+    augment = build_augmentation(specs, AugmentConfig(swap={"rgb": 1.0, "audio": 1.0}))
+    assert augment.swap.rates == [1.0, 0.0, 1.0]  # in the model's modality order
+    model = KARMMA(specs, tasks, tiny_model_cfg()).eval()
+    # Evaluation forwards get no pipeline (the engine hands it to training steps only), and the model
+    # keeps nothing of it: without augment= nothing is swapped, whatever the random stream.
+    torch.manual_seed(0)
+    ref = model(tokens, present)
+    torch.manual_seed(1)
+    assert all(torch.equal(model(tokens, present)[t], ref[t]) for t in tasks)
+    assert not any("swap" in k for k in model.state_dict())
     # Training with no swap leaves the random stream as it was: older presets reproduce exactly.
-    plain.train()
+    assert build_augmentation(specs, AugmentConfig(swap={"rgb": 0.0})) is None  # the engine passes none ...
+    plain = KARMMA(specs, tasks, tiny_model_cfg()).train()
     torch.manual_seed(0)
     plain(tokens, present)
     after_plain = torch.rand(1)
-    off = KARMMA(specs, tasks, tiny_model_cfg(swap={"rgb": 0.0})).train()
-    off.load_state_dict(plain.state_dict())
+    off = Augmentation(specs, AugmentConfig(swap={"rgb": 0.0}))  # ... and the pipeline itself draws nothing
     torch.manual_seed(0)
-    off(tokens, present)
+    plain(tokens, present, augment=off)
     assert torch.equal(torch.rand(1), after_plain)
     model.train()
     torch.manual_seed(0)
-    swapped = model.forward_features(tokens, present)
+    swapped = model(tokens, present, augment=augment)
     torch.manual_seed(0)
-    model.swap.rates = [0.0, 0.0, 0.0]
-    assert not torch.allclose(model.forward_features(tokens, present), swapped)
+    augment.swap.rates = [0.0, 0.0, 0.0]
+    assert not torch.allclose(model(tokens, present, augment=augment).readers, swapped.readers)
+    assert all(torch.equal(a, b) for a, b in zip(swapped.encoded, model.encode(tokens, present)))  # before the swap
 
 
 def test_swap_is_checked_against_the_config_and_the_data():
     specs = [ModalitySpec("depth", 2, 4), ModalitySpec("skeleton", 3, 6)]
-    with pytest.raises(ConfigError, match=r"model.swap.depth=1.5 must be a probability in \[0, 1\]"):
-        ModelConfig(swap={"depth": 1.5}).validate()
-    with pytest.raises(ConfigError, match=r"model.swap_min_present=0 must be >= 1"):
-        ModelConfig(swap_min_present=0).validate()
+    with pytest.raises(ConfigError, match=r"augment.swap.depth=1.5 must be a probability in \[0, 1\]"):
+        AugmentConfig(swap={"depth": 1.5}).validate()
+    with pytest.raises(ConfigError, match=r"augment.swap_min_present=0 must be >= 1"):
+        AugmentConfig(swap_min_present=0).validate()
     with pytest.raises(
-        ConfigError, match=r"model.swap names modality \['audio'\]; the data has \['depth', 'skeleton'\]"
+        ConfigError, match=r"augment.swap names modality \['audio'\]; the data has \['depth', 'skeleton'\]"
     ):
-        KARMMA(specs, {"a": 3}, tiny_model_cfg(swap={"audio": 0.5}))
-    # One check for every per-modality setting (model.rotate, model.encoders, model.swap).
+        build_augmentation(specs, AugmentConfig(swap={"audio": 0.5}))
+    # One check for every per-modality setting (augment.rotate, model.encoders, augment.swap).
     with pytest.raises(ConfigError, match=r"model.encoders names modality \['audio'\]; the data has"):
         KARMMA(specs, {"a": 3}, tiny_model_cfg(encoders={"audio": "temporal_conv"}))
-    with pytest.raises(ConfigError, match=r"model.swap.depth: expected float, got str 'lots'"):
-        load_config(preset_path("utd_mhad_teacher"), ["model.swap={depth: lots}"])
-    # The shipped choices (docs/utd_mhad.md); the demo presets do not swap.
-    assert load_config(preset_path("utd_mhad_teacher")).model.swap == {"flow": 0.5}
-    assert load_config(preset_path("utd_mhad_student")).model.swap == {"flow": 0.25}
-    assert load_config(preset_path("demo_student")).model.swap == {}
+    with pytest.raises(ConfigError, match=r"augment.swap.depth: expected float, got str 'lots'"):
+        load_config(preset_path("utd_mhad_teacher"), ["augment.swap={depth: lots}"])
+    # The shipped choices (docs/results/utd_mhad.md); the demo presets do not swap.
+    assert load_config(preset_path("utd_mhad_teacher")).augment.swap == {"flow": 0.5}
+    assert load_config(preset_path("utd_mhad_student")).augment.swap == {"flow": 0.25}
+    assert load_config(preset_path("demo_student")).augment.swap == {}

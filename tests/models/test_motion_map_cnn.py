@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from karmma.config import ModelConfig, load_config
+from karmma.config import AugmentConfig, ModelConfig, load_config
+from karmma.engine.augment import Augmentation
 from karmma.errors import ConfigError
 from karmma.extractors.motion_maps import DepthMotionMaps
 from karmma.modalities import ModalitySpec
@@ -74,21 +75,25 @@ def test_tokens_that_are_not_images_name_the_modality():
 def test_model_feeds_it_unwarped_unstandardised_images():
     # Time warp and input noise are on; the CNN must still get the stored images exactly.
     spec = [SPEC, ModalitySpec("imu", 8, 6)]
-    cfg = ModelConfig(dim=16, depth=1, attn_heads=2, head_hidden=16, time_warp=0.5, input_noise=1.0,
+    cfg = ModelConfig(dim=16, depth=1, attn_heads=2, head_hidden=16,
                       encoders={"depth": "motion_map_cnn", "imu": "temporal_conv"}, image_encoder_width=4)  # fmt: skip
     model = KARMMA(spec, {"a": 3}, cfg).train()
-    seen = {}
+    augment = Augmentation(spec, AugmentConfig(time_warp=0.5, input_noise=1.0))
+    seen, imu = {}, []
     model.encoders[0].register_forward_pre_hook(lambda m, args: seen.update(x=args[0], present=args[1]))
+    model.encoders[1].register_forward_pre_hook(lambda m, args: imu.append(args[0]))
     x = {"depth": images(4), "imu": torch.randn(4, 8, 6)}
     present = torch.tensor([[True, True], [False, True], [True, True], [True, False]])
-    model(x, present)
+    model(x, present, augment=augment)
     assert torch.equal(seen["present"], present[:, 0])
     assert torch.equal(seen["x"][present[:, 0]], x["depth"][present[:, 0]]) and not seen["x"][1].any()
+    model(x, present)
+    assert not torch.allclose(imu[0], imu[1])  # the pipeline was on: the other encoder's tokens were augmented
 
 
 def test_utd_presets_use_it_on_extracted_maps_and_export(tmp_path):
-    from karmma.checkpoint import model_metadata
-    from karmma.export import export_onnx, verify_onnx
+    from karmma.deploy.export import export_onnx, verify_onnx
+    from karmma.io.checkpoint import model_metadata
 
     t_specs, s_specs, tasks = preset_specs("utd_mhad")
     assert t_specs[0] == ModalitySpec("depth", 3, DepthMotionMaps().dim)

@@ -1,0 +1,1 @@
+"""Media decoding (PyAV video and audio, images, optical flow), bounded on hostile files."""

@@ -1,0 +1,1 @@
+"""Deployment: ONNX export with the presence mask as an input, and prediction from what a robot has."""

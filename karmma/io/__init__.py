@@ -1,0 +1,1 @@
+"""Run folders and files: safetensors + JSON checkpoints, run locks and fingerprints, atomic outputs."""
