@@ -34,17 +34,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args)
     res = run_train(cfg, args.run_dir, resume=not args.no_resume, progress=_progress(args))
     if info.is_main:
-        print(json.dumps(res.history[-1] if res.history else {}, indent=2))
-        _print_fusion_weights(res.fusion_weights)
-        print(f"model: {Path(args.run_dir) / 'final'}")
+        _print_result(res, "model", args.run_dir)
     distributed.shutdown()
     return 0
 
 
-def _print_fusion_weights(weights: dict[str, float]) -> None:
-    if weights:
-        named = ", ".join(f"{k} {v:.3g}" for k, v in weights.items())
+def _print_result(res, what: str, run_dir: str) -> None:
+    """The last epoch's record, the late-fusion weights fitted (if any) and where the model is."""
+    print(json.dumps(res.history[-1] if res.history else {}, indent=2))
+    if res.fusion_weights:
+        named = ", ".join(f"{k} {v:.3g}" for k, v in res.fusion_weights.items())
         print(f"late-fusion weights fitted on the validation split: {named}")
+    print(f"{what}: {Path(run_dir) / 'final'}")
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -65,9 +66,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
             )
         print()
     if info.is_main:
-        print(json.dumps(res.history[-1] if res.history else {}, indent=2))
-        _print_fusion_weights(res.fusion_weights)
-        print(f"student: {Path(args.run_dir) / 'final'}")
+        _print_result(res, "student", args.run_dir)
     distributed.shutdown()
     return 0
 

@@ -205,24 +205,19 @@ def write_results(results: dict, out_dir: str | Path, tasks: Sequence[str]) -> d
 
 def format_table(results: dict, metric: str) -> str:
     """A Markdown table: one row per subset, one column per model."""
-    models = list(results["models"])
-    subsets = list(next(iter(results["models"].values()))["subsets"])
-    lines = [f"| subset ({metric}) | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
-    for s in subsets:
-        lines.append(
-            f"| {s} | " + " | ".join(f"{results['models'][m]['subsets'][s][metric]:.1f}" for m in models) + " |"
-        )
-    return "\n".join(lines)
+    return _table(results, metric, "subsets", "subset", str)
 
 
 def format_dropout_table(results: dict, metric: str) -> str:
+    """A Markdown table: one row per sensor-dropout rate, one column per model."""
+    return _table(results, metric, "sensor_dropout", "sensor dropout", lambda r: f"{float(r) * 100:.0f}%")
+
+
+def _table(results: dict, metric: str, key: str, title: str, row_name) -> str:
     models = list(results["models"])
-    rates = list(next(iter(results["models"].values()))["sensor_dropout"])
-    lines = [f"| sensor dropout ({metric}) | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
-    for r in rates:
-        lines.append(
-            f"| {float(r) * 100:.0f}% | "
-            + " | ".join(f"{results['models'][m]['sensor_dropout'][r][metric]:.1f}" for m in models)
-            + " |"
-        )
+    rows = list(next(iter(results["models"].values()))[key])
+    lines = [f"| {title} ({metric}) | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
+    for r in rows:
+        cells = " | ".join(f"{results['models'][m][key][r][metric]:.1f}" for m in models)
+        lines.append(f"| {row_name(r)} | {cells} |")
     return "\n".join(lines)
