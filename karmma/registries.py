@@ -48,6 +48,7 @@ _BUILT_IN = {
         "pool": "karmma.extractors.families:pool_family",
         "efficientnet": "karmma.extractors.families:efficientnet_family",
         "cnn": "karmma.extractors.families:cnn_family",
+        "motion_maps": "karmma.extractors.families:motion_maps_family",
     },
 }
 for _registry, _entries in _BUILT_IN.items():

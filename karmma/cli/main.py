@@ -175,7 +175,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from karmma.registries import READERS
+    from karmma.registries import EXTRACTORS, READERS
 
     p = argparse.ArgumentParser(
         prog="karmma", description="KARMMA: multimodal distillation robust to missing modalities"
@@ -256,9 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--encoder",
         default="pool",
-        choices=["pool", "efficientnet", "cnn"],
-        help="pool: parameter-free; efficientnet: ImageNet EfficientNet-Lite2/Lite0 frame backbones and raw "
-        "signals for trainable encoders; cnn: your own encoders (--weights)",
+        choices=EXTRACTORS.names(),
+        help="a registered extractor family: pool (parameter-free); efficientnet (ImageNet EfficientNet-Lite2/Lite0 "
+        "frame backbones, depth motion maps and raw signals for trainable encoders); motion_maps (depth only); "
+        "cnn (your own encoders, --weights)",
     )
     sp.add_argument("--weights", help="folder of pretrained encoder weights (safetensors), for --encoder cnn")
     sp.add_argument("--annotations", help="epic100: EPIC_100_{train,validation}.csv; ssv2: the train/validation JSON")

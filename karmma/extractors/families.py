@@ -63,11 +63,10 @@ def backbone_encoder(kind: Kind, size: str) -> Encoder:
     """Frozen ImageNet backbones for images (EfficientNet-Lite2 teacher, Lite0 student); raw
     resampled signals for the model's trainable 1-D encoders."""
     from karmma.extractors.backbone import BACKBONES, SIGNAL_STEPS, BackboneFlow, BackboneFrames, Resampled
-    from karmma.extractors.motion_maps import DepthMotionMaps
 
     variant, resolution = BACKBONES[size]
     if kind.kind == "depth":  # depth motion maps for the model's trainable motion_map_cnn
-        return DepthMotionMaps()
+        return EXTRACTORS.get("motion_maps")({"depth": kind}, size)["depth"]
     if kind.kind == "frames":
         return BackboneFrames(NUM_TOKENS, variant, resolution)
     if kind.kind == "flow":
@@ -75,6 +74,18 @@ def backbone_encoder(kind: Kind, size: str) -> Encoder:
     if kind.kind in ("signal", "skeleton"):
         return Resampled(SIGNAL_STEPS, kind.channels, velocity=kind.kind == "skeleton")
     raise DataError(f"no encoder for modality kind {kind.kind!r}; kinds: frames, depth, flow, signal, skeleton")
+
+
+@EXTRACTORS.register("motion_maps")
+def motion_maps_family(kinds: Kinds, size: str, weights: str | Path | None = None) -> dict[str, Encoder]:
+    """Three-view depth motion maps of depth frames (teacher and student alike), for a model's
+    trainable ``motion_map_cnn``; the ``efficientnet`` family uses it for depth."""
+    from karmma.extractors.motion_maps import DepthMotionMaps
+
+    other = sorted(m for m, kind in kinds.items() if kind.kind != "depth")
+    if other:
+        raise DataError(f"the motion_maps extractor family encodes depth frames only; {other} are not depth")
+    return {m: DepthMotionMaps() for m in kinds}
 
 
 @EXTRACTORS.register("efficientnet")

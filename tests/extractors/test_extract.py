@@ -132,3 +132,16 @@ def test_extract_video_folder(tmp_path):
     fs = open_store(out)
     assert fs.present.tolist() == [[True, True, True], [False, False, True], [False, False, True]]
     assert fs.class_names["action"] == ["close", "open"]
+
+
+def test_one_extractor_family_registry_serves_extract_predict_and_the_cli():
+    from karmma.data.raw import Kind
+    from karmma.extractors.motion_maps import DepthMotionMaps
+    from karmma.registries import EXTRACTORS
+
+    assert {"pool", "efficientnet", "cnn", "motion_maps"} <= set(EXTRACTORS.names())
+    depth = {"depth": Kind("depth", 1)}
+    assert isinstance(EXTRACTORS.get("motion_maps")(depth, "student")["depth"], DepthMotionMaps)
+    assert isinstance(EXTRACTORS.get("efficientnet")(depth, "teacher")["depth"], DepthMotionMaps)  # the same family
+    with pytest.raises(DataError, match=r"encodes depth frames only; \['imu'\] are not depth"):
+        EXTRACTORS.get("motion_maps")({"imu": Kind("signal", 6)}, "teacher")
