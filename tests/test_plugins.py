@@ -1,6 +1,6 @@
-"""Plugin discovery: a package that registers a fusion block, an encoder, a model add-on and a
-reader through the ``karmma.plugins`` entry-point group is found by ``karmma train``,
-``evaluate``, ``export`` and ``predict`` with no import by hand — the package is really installed
+"""Plugin discovery: a package that registers a fusion block, an encoder and a model add-on
+through the ``karmma.plugins`` entry-point group is found by ``karmma train``, ``evaluate``,
+``export``, ``distill`` and ``predict`` with no import by hand — the package is really installed
 (``pip install --target``) and the commands run in fresh processes."""
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def _karmma(target: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_an_installed_plugin_is_found_by_train_evaluate_export_and_predict(installed, tmp_path):
+def test_an_installed_plugin_is_found_by_train_evaluate_export_distill_and_predict(installed, tmp_path):
     run = tmp_path / "run"
     sets = [
         "model.fusion=mean_mixer",
@@ -122,6 +122,20 @@ def test_an_installed_plugin_is_found_by_train_evaluate_export_and_predict(insta
     assert r.returncode == 0, r.stderr
     r = _karmma(installed, "export", str(run), "--out", str(tmp_path / "m.onnx"))
     assert r.returncode == 0 and "onnxruntime matches PyTorch on every subset" in r.stdout, r.stderr
+    student = tmp_path / "student"
+    r = _karmma(installed, "distill", "--config", "demo_student", "--teacher", str(run), "--run-dir", str(student),
+                "--no-progress", *args)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    import numpy as np
+
+    from karmma.io.checkpoint import read_model_meta
+
+    for model, made_by in ((run, run), (student, student), (tmp_path / "m.onnx", run)):
+        specs = read_model_meta(made_by / "final")["specs"]  # each model's own feature sizes
+        sample = {d["name"]: np.zeros((d["num_tokens"], d["dim"]), np.float32) for d in specs[:2]}
+        np.savez(tmp_path / "x.npz", **sample)
+        r = _karmma(installed, "predict", str(model), "--input", str(tmp_path / "x.npz"))
+        assert r.returncode == 0 and "modalities used: rgb, flow" in r.stdout, r.stderr
     # Without the plugin on the path, the same run is refused by name, with the registered ones.
     r = subprocess.run([sys.executable, "-m", "karmma", "export", str(run), "--out", str(tmp_path / "x.onnx")],
                        capture_output=True, text=True)  # fmt: skip

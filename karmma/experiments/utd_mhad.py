@@ -31,10 +31,13 @@ from karmma.evaluation.evaluate import main_metric
 from karmma.experiments.comparison import run_comparison
 from karmma.experiments.lanes import auto_lanes
 from karmma.experiments.seeds import aggregate, format_summary, plot_means
-from karmma.extractors.extract import SIZES, backbone_encoder, run_extract
+from karmma.extractors.extract import SIZES, run_extract
 from karmma.io.checkpoint import load_model
+from karmma.registries import EXTRACTORS
 
 log = logging.getLogger(__name__)
+
+ENCODER = "efficientnet"  # the extractor family the benchmark extracts with, and its cost table counts
 
 MODALITIES = ("depth", "flow", "inertial", "skeleton")
 
@@ -74,7 +77,7 @@ def run_utd_mhad_benchmark(
     t0 = time.perf_counter()
     feats = {split: out / "features" / f"{split}.h5" for split in ("train", "test")}
     for split, path in feats.items():
-        run_extract("utd_mhad", root, path, split=split, encoder="efficientnet", modalities=MODALITIES,
+        run_extract("utd_mhad", root, path, split=split, encoder=ENCODER, modalities=MODALITIES,
                     progress=progress, limit=limit)  # fmt: skip
     fit, val = split_validation(feats["train"], out / "features", val_subject)
     t_extract = time.perf_counter() - t0
@@ -91,7 +94,7 @@ def run_utd_mhad_benchmark(
     summary = aggregate(per_seed, metric)
     reader = get_reader("utd_mhad")
     pipelines = {
-        k: (load_model(dirs[k])[0], {m: backbone_encoder(reader.modalities[m], k) for m in MODALITIES})
+        k: (load_model(dirs[k])[0], EXTRACTORS.get(ENCODER)({m: reader.modalities[m] for m in MODALITIES}, k))
         for k in ("teacher", "student")
     }
     cost = pipeline_cost_table(pipelines)
