@@ -385,12 +385,12 @@ def check_model_names(cfg: ModelConfig) -> None:
         name = getattr(cfg, key)
         if name not in registry:
             raise ConfigError(f"model.{key}={name!r}; choose one of {registry.names()}")
-    for key, registry in (("encoders", ENCODERS), ("addons", ADDONS)):
-        named = getattr(cfg, key)
-        if not isinstance(named, dict):
-            raise ConfigError(f"model.{key} must be a mapping, got {named!r}")
-        for modality, name in named.items():
-            entry = modality if key == "addons" else name
-            if entry not in registry:
-                what = f"model.addons.{entry}" if key == "addons" else f"model.encoders.{modality}={name!r}"
-                raise ConfigError(f"{what}: not registered; choose one of {registry.names()}")
+    for key in ("encoders", "addons"):
+        if not isinstance(getattr(cfg, key), dict):
+            raise ConfigError(f"model.{key} must be a mapping, got {getattr(cfg, key)!r}")
+    for modality, name in cfg.encoders.items():
+        if name not in ENCODERS:
+            raise ConfigError(f"model.encoders.{modality}={name!r}: not registered; choose one of {ENCODERS.names()}")
+    for name in cfg.addons:
+        if name not in ADDONS:
+            raise ConfigError(f"model.addons.{name}: not registered; choose one of {ADDONS.names()}")

@@ -77,7 +77,7 @@ class KARMMA(nn.Module):
         self.fusion = fusion if fusion is not None else FUSION.get(cfg.fusion).from_config(cfg)
         self.head = MultiTaskHead(cfg.dim, cfg.head_hidden, self.tasks, 1 + len(self.specs))
         self.addons = build_addons(cfg.addons, self.specs, encoded, self.tasks)
-        self.cfg = cfg.with_addons({n: a.options() for n, a in self._addons().items()})
+        self.cfg = cfg.with_addons({n: a.options() for n, a in self.addon_list().items()})
         self.apply(_init_linear)
 
     @property
@@ -124,7 +124,7 @@ class KARMMA(nn.Module):
         fused_in = augment.encoded(encoded, present) if augment is not None else encoded
         readers = self.fuse(fused_in, present)
         out = ModelOutput(self.forward_head(readers, present), readers, encoded)
-        for addon in self._addons().values():
+        for addon in self.addon_list().values():
             out = addon(out, present)
         if with_features or with_unimodal:  # karmma 0.1's tuple, for one more release
             return legacy_tuple(self, out, with_features, with_unimodal)
@@ -132,7 +132,7 @@ class KARMMA(nn.Module):
 
     def upgrade_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A saved state as this release loads it: each add-on maps what older releases wrote."""
-        for name, addon in self._addons().items():
+        for name, addon in self.addon_list().items():
             state = addon.upgrade_state(state, f"addons.{name}.")
         return state
 
@@ -142,8 +142,6 @@ class KARMMA(nn.Module):
     def addon_list(self) -> dict[str, AddOn]:
         """The add-ons by name, in ``model.addons`` order."""
         return dict(self.addons.items())  # type: ignore[arg-type]
-
-    _addons = addon_list
 
     def _as_list(self, tokens: Tokens) -> list[torch.Tensor]:
         if not isinstance(tokens, Mapping):

@@ -96,12 +96,18 @@ class LateFusion(AddOn):
         per = [head(e.mean(1)) for head, e in zip(self.heads, encoded)]
         return {task: torch.stack([o[task] for o in per], dim=1) for task in per[0]}
 
+    def experts(self, out: ModelOutput) -> dict:
+        """``out.extras["late_fusion"]``: the fused logits before late fusion and the heads' logits
+        (computed once per output)."""
+        if "late_fusion" not in out.extras:
+            out.extras["late_fusion"] = {"fused": out.logits, "heads": self.unimodal(out.encoded)}
+        return out.extras["late_fusion"]
+
     def forward(self, out: ModelOutput, present: torch.Tensor) -> ModelOutput:
         ensemble = self.cfg.ensemble > 0 and not self.training
         if not (self.training or ensemble):
             return out
-        heads = self.unimodal(out.encoded)
-        out.extras["late_fusion"] = {"fused": out.logits, "heads": heads}
+        heads = self.experts(out)["heads"]
         if not ensemble:
             return out
         fused = late_fusion(out.logits, heads, present, self.cfg.ensemble, self.weights, self.cfg.pool)

@@ -57,6 +57,4 @@ def unimodal_heads(model: Any, out: ModelOutput) -> dict[str, torch.Tensor]:
     addons = getattr(model, "addons", {})
     if "late_fusion" not in addons:
         raise DataError("this model has no unimodal heads: give it model.addons.late_fusion (e.g. {loss_weight: 1.0})")
-    if "late_fusion" not in out.extras:
-        out.extras["late_fusion"] = {"fused": out.logits, "heads": addons["late_fusion"].unimodal(out.encoded)}
-    return out.extras["late_fusion"]["heads"]
+    return addons["late_fusion"].experts(out)["heads"]
