@@ -26,7 +26,7 @@ from karmma.typed_dict import typed_from_dict
 log = logging.getLogger(__name__)
 
 DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-DROPOUT_KINDS = ("none", "independent", "subset")
+DROPOUT_KINDS = ("none", "independent", "subset", "burst")
 
 
 @dataclass
@@ -127,16 +127,22 @@ class AugmentConfig:
 
 @dataclass
 class ModalityDropoutConfig:
-    """Whole-modality dropout during training; at least one present modality is always kept."""
+    """Modality dropout in training, keeping >= 1 token; ``burst``: ``p``, then bursts (karmma.bursts)."""
 
-    kind: str = "independent"  # "none" | "independent" | "subset"
-    p: float = 0.5  # paper-unknown default: per-modality drop probability ("independent")
+    kind: str = "independent"  # "none" | "independent" | "subset" | "burst"
+    p: float = 0.5  # paper-unknown default: per-modality drop probability ("independent", "burst")
+    burst_rate: float = 0.3  # "burst": mean fraction of a clip each sensor is failed
+    burst_seconds: float = 0.5  # "burst": mean length of a failure, seconds
+    clip_seconds: float = 3.0  # "burst": a clip's length where the store records none
 
     def validate(self) -> None:
         if self.kind not in DROPOUT_KINDS:
             raise ConfigError(f"modality_dropout.kind={self.kind!r}; choose one of {DROPOUT_KINDS}")
-        if not 0.0 <= self.p <= 1.0:  # also refuses NaN
-            raise ConfigError(f"modality_dropout.p={self.p} must be in [0, 1]")
+        bounds = {"p": (0.0, 1.0), "burst_rate": (0.0, 0.99), "burst_seconds": (1e-3, 3600.0),
+                  "clip_seconds": (1e-3, 3600.0)}  # fmt: skip
+        for name, (lo, hi) in bounds.items():
+            if not lo <= getattr(self, name) <= hi:  # also refuses NaN
+                raise ConfigError(f"modality_dropout.{name}={getattr(self, name)} must be in [{lo:g}, {hi:g}]")
 
 
 @dataclass
@@ -181,16 +187,14 @@ class DistillConfig:
     alpha: float = 0.5  # paper-unknown default
     temperature: float = 4.0  # paper-unknown default
     cache_teacher_logits: bool = False  # cache the frozen teacher's logits for every subset
-    # In memory (float32) up to this size; beyond it, float16 in the run folder, read per step.
-    cache_memory_mb: float = 1024.0
+    cache_memory_mb: float = 1024.0  # in memory (float32) up to this; beyond, float16 in the run folder
     task: str = "logit_kd"  # the objective (karmma.tasks.TASKS): logit_kd (the paper's) or feature_kd
     # Whose logits on the training samples: "teacher" (the given teacher's, as in the paper) or
     # "out_of_fold" (teachers retrained without each fold, by data.group_pattern; karmma.engine.out_of_fold).
     teacher_logits: str = "teacher"
     folds: int = 3  # out_of_fold only
     beta: float = 1.0  # feature_kd only: weight of the feature-matching term (beyond the paper)
-    # logit_kd with model.unimodal_weight > 0 (beyond the paper): each unimodal head also learns
-    # alpha * CE + (1 - alpha) * T^2 * KL from the teacher's prediction with that modality alone.
+    # also distil each unimodal head (late_fusion add-on; beyond the paper) from the teacher with its modality alone
     unimodal: bool = False
     # Options of the objective distill.task names, parsed by that task where it is built (a
     # registered KD objective's own settings, e.g. {scale: 0.5}); the built-in tasks take none.

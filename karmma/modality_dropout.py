@@ -47,8 +47,8 @@ def apply_modality_dropout(
 ) -> torch.Tensor:
     if cfg.kind == "none" or (cfg.kind == "independent" and cfg.p == 0.0):
         return present.bool().clone()
-    if cfg.kind == "independent":
-        return independent_dropout(present, cfg.p, generator)
+    if cfg.kind in ("independent", "burst"):  # burst: the whole-modality part (bursts: karmma.bursts)
+        return independent_dropout(present, cfg.p, generator) if cfg.p > 0 else present.bool().clone()
     return subset_dropout(present, generator)
 
 

@@ -22,7 +22,7 @@ LAYERS = [
                     "karmma.plugins", "karmma.typed_dict", "karmma.limits", "karmma.paths", "karmma.modalities",
                     "karmma.config", "karmma.config_migration", "karmma.presets", "karmma.progress",
                     "karmma.losses", "karmma.outputs", "karmma.faults", "karmma.metrics",
-                    "karmma.modality_dropout", "karmma.precision"]),
+                    "karmma.modality_dropout", "karmma.precision", "karmma.presence", "karmma.bursts"]),
     ("data", ["karmma.data"]),
     ("extractors", ["karmma.extractors"]),
     ("models", ["karmma.models"]),

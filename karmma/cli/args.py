@@ -1,4 +1,4 @@
-"""Argument types shared by the ``karmma`` commands: a count of at least 1, a list of seeds."""
+"""Argument types shared by the ``karmma`` commands: a count of at least 1, a list of seeds, seconds."""
 
 from __future__ import annotations
 
@@ -48,4 +48,27 @@ def seed(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
         raise argparse.ArgumentTypeError(f"seed {value} is outside {SEED_RANGE[0]}..{SEED_RANGE[1]}")
+    return value
+
+
+def burst_lengths(text: str) -> tuple[float, ...]:
+    """argparse type: comma-separated mean burst lengths in seconds, each in (0, 60]."""
+    try:
+        out = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated seconds, e.g. 0.25,0.5,1") from None
+    bad = [x for x in out if not 0.0 < x <= 60.0]  # also NaN
+    if bad or not out:
+        raise argparse.ArgumentTypeError(f"{text!r}: each mean burst length must be in (0, 60] seconds")
+    return out
+
+
+def seconds(text: str) -> float:
+    """argparse type: a duration in (0, 3600] seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.0 < value <= 3600.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds in (0, 3600]")
     return value

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from karmma.cli.args import positive_int, seed
+from karmma.cli.args import burst_lengths, positive_int, seconds, seed
 from karmma.cli.deploy import add_deploy_commands
 from karmma.cli.epic import add_epic_commands
 from karmma.cli.experiments import add_experiment_commands
@@ -89,13 +89,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     writable_out(args.out)
     results, tasks = run_evaluate(models, args.val, args.seed, args.repeats, _progress(args),
                                   device=args.device, precision=args.precision, compile=args.compile,
-                                  split=args.split, epic=args.epic)  # fmt: skip
+                                  split=args.split, epic=args.epic, bursts=args.bursts,
+                                  clip_seconds=args.clip_seconds)  # fmt: skip
     print(f"split: {results['split']}")
     paths = write_results(results, args.out, tasks)
     metric = main_metric(tasks)
     print(format_table(results, metric))
     print()
     print(format_dropout_table(results, metric))
+    if args.bursts:
+        from karmma.evaluation.evaluate import format_within_clip_table
+
+        print()
+        print(f"sensors failing inside the clip (mean burst {args.bursts[0]:g} s):")
+        print(format_within_clip_table(results, metric))
     if "epic" in results:
         from karmma.evaluation.epic_eval import format_epic, omitted_groups
 
@@ -160,9 +167,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from karmma.data.store import brief_info, store_info
+    from karmma.data.store import brief_info, store_info, token_coverage
 
-    print(json.dumps(brief_info(store_info(args.store)), indent=2))  # whole (valid JSON), long lists summarised
+    info = brief_info(store_info(args.store))
+    info["token_coverage"] = token_coverage(args.store)
+    print(json.dumps(info, indent=2))  # whole (valid JSON), long lists summarised
     return 0
 
 
@@ -231,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--epic", metavar="ANNOTATIONS_DIR", help="also the official EPIC-100 metrics (tail/unseen lists from there)"
     )
+    sp.add_argument("--bursts", type=burst_lengths, nargs="?", const=(0.5,), default=(), metavar="SECONDS",
+                    help="also sensors failing inside the clip, in bursts of this mean length (default 0.5; e.g. "
+                         "0.25,0.5,1): per-token presence vs dropping the sensor vs feeding the failure")  # fmt: skip
+    sp.add_argument("--clip-seconds", type=seconds, default=3.0,
+                    help="with --bursts: a clip's length where the store records none (default 3)")  # fmt: skip
     sp.set_defaults(func=cmd_evaluate)
 
     sp = sub.add_parser("cost", help="params, FLOPs, memory, latency per modality subset")

@@ -21,35 +21,72 @@ VIDEO_FRAME_SIZE = (64, 64)  # the generic video folder's
 AUDIO_BINS = 32  # the generic video folder's spectrogram bands
 
 
-def clip_modalities(clip: Clip, modalities: tuple[str, ...], from_frames: Callable[[np.ndarray], dict]) -> Raw:
-    """rgb/flow (``from_frames`` of the clip's frames) and audio (its audio features, already
-    framed); each asked modality the clip lacks is named in ``absent`` with the reason."""
+def clip_modalities(
+    clip: Clip, modalities: tuple[str, ...], from_frames: Callable[[np.ndarray, np.ndarray | None], Raw]
+) -> Raw:
+    """rgb/flow (``from_frames`` of the clip's frames and which the decoder flagged corrupt) and audio
+    (its audio features, already framed, and where the track covers them); each asked modality the
+    clip lacks is named in ``absent`` with the reason. ``duration``: the clip's, when declared."""
     raw = Raw()
     if clip.frames is not None:
-        raw.update({m: x for m, x in from_frames(clip.frames).items() if m in modalities})
+        video = from_frames(clip.frames, clip.undecodable)
+        raw.update({m: x for m, x in video.items() if m in modalities})
+        raw.valid.update({m: v for m, v in video.valid.items() if m in raw})
     for m in VIDEO_MODALITIES:
         if m in modalities and m not in raw:
             raw.absent[m] = clip.absent.get("video", "not decoded")
     if "audio" in modalities:
         if clip.audio is not None:
             raw["audio"] = clip.audio
+            if clip.audio_valid is not None and not clip.audio_valid.all():
+                raw.valid["audio"] = clip.audio_valid
         else:
             raw.absent["audio"] = clip.absent.get("audio", "no audio track")
+    raw.duration = clip.duration
     return raw
 
 
-def clip_raw(frames: np.ndarray | None, audio: np.ndarray | None, modalities: tuple[str, ...]) -> Raw:
-    """A decoded clip -> the raw modalities the encoders take: ``rgb`` (T, H, W, 3) in [0, 1],
-    ``flow`` (T-1, H, W, 3) Farneback between consecutive frames, ``audio`` (frames, 128) log-mel."""
+def video_raw(
+    raw: Raw, frames: np.ndarray, modalities: tuple[str, ...], pick: np.ndarray | None = None,
+    undecodable: np.ndarray | None = None,
+) -> Raw:  # fmt: skip
+    """rgb (``frames[pick]`` in [0, 1]; every frame without ``pick``) and Farneback flow between
+    consecutive ``frames`` into ``raw``, with their failures (:mod:`karmma.data.media.failures`): a
+    black or ``undecodable`` frame is zeros and invalid, a frozen one invalid (kept: the last good
+    frame held); a flow step is invalid when either frame is, and zeros when either is zeroed.
+    ``raw.valid`` names a modality only when one of its steps failed: a clip without failures comes
+    out exactly as before the detectors."""
+    from karmma.data.media.failures import frame_failures, step_valid
     from karmma.data.media.flow import flow_from_rgb
 
+    valid, blank = frame_failures(frames, undecodable)
+    if "rgb" in modalities:
+        rows = np.arange(len(frames)) if pick is None else pick
+        rgb = (frames if pick is None else frames[pick]).astype(np.float32) / 255.0
+        rgb[blank[rows]] = 0.0
+        raw["rgb"] = rgb
+        if not valid[rows].all():
+            raw.valid["rgb"] = valid[rows]
+    if "flow" in modalities:
+        flow = flow_from_rgb(frames)
+        flow[~step_valid(~blank)] = 0.0
+        raw["flow"] = flow
+        if not valid.all():
+            raw.valid["flow"] = step_valid(valid)
+    return raw
+
+
+def clip_raw(
+    frames: np.ndarray | None, audio: np.ndarray | None, modalities: tuple[str, ...],
+    undecodable: np.ndarray | None = None,
+) -> Raw:  # fmt: skip
+    """A decoded clip -> the raw modalities the encoders take: ``rgb`` (T, H, W, 3) in [0, 1],
+    ``flow`` (T-1, H, W, 3) Farneback between consecutive frames, ``audio`` (frames, 128) log-mel;
+    failed frames marked in ``valid`` (:func:`video_raw`)."""
     raw = Raw()
     if frames is not None and len(frames) >= 2:
-        if "rgb" in modalities:
-            pick = np.linspace(0, len(frames) - 1, min(NUM_FRAMES, len(frames))).round().astype(int)
-            raw["rgb"] = frames[pick].astype(np.float32) / 255.0
-        if "flow" in modalities:
-            raw["flow"] = flow_from_rgb(frames)
+        pick = np.linspace(0, len(frames) - 1, min(NUM_FRAMES, len(frames))).round().astype(int)
+        video_raw(raw, frames, modalities, pick, undecodable)
     if audio is not None and "audio" in modalities:
         raw["audio"] = log_mel(audio, AUDIO_RATE)
     return raw
@@ -88,15 +125,9 @@ def spectrogram_framing(rate: int, bins: int = AUDIO_BINS, nperseg: int = 512, h
     return Framing(hop, nperseg, 0, nperseg // 2, count, features, block=2048)  # SciPy's STFT is exact at any block
 
 
-def _frames_raw(raw: Raw, frames: np.ndarray, modalities: tuple[str, ...]) -> Raw:
+def _frames_raw(raw: Raw, frames: np.ndarray, modalities: tuple[str, ...], undecodable=None) -> Raw:
     """rgb (every frame, in [0, 1]) and Farneback flow of a decoded clip, as this reader stores them."""
-    from karmma.data.media.flow import flow_from_rgb
-
-    if "rgb" in modalities:
-        raw["rgb"] = frames.astype(np.float32) / 255.0
-    if "flow" in modalities:
-        raw["flow"] = flow_from_rgb(frames)
-    return raw
+    return video_raw(raw, frames, modalities, None, undecodable)
 
 
 def epic_clip(path: Path, modalities: tuple[str, ...]) -> Raw:
@@ -107,14 +138,16 @@ def epic_clip(path: Path, modalities: tuple[str, ...]) -> Raw:
     mel = log_mel_framing(AUDIO_RATE, MEL_BANDS, MEL_WINDOW_S, MEL_HOP_S, MEL_NFFT)
     video = "rgb" in modalities or "flow" in modalities
     clip = decode_clip(path, FRAME_SIZE, 2 * NUM_FRAMES, mel if "audio" in modalities else None, video)
-    return clip_modalities(clip, modalities, lambda frames: clip_raw(frames, None, modalities))
+    return clip_modalities(clip, modalities, lambda frames, bad: clip_raw(frames, None, modalities, bad))
 
 
 def ssv2_clip(path: Path, modalities: tuple[str, ...]) -> Raw:
     """SSv2's raw modalities of a clip: rgb and flow (no object detector runs on a raw clip)."""
     from karmma.data.media.decode import decode_clip
 
-    raw = clip_raw(decode_clip(path, FRAME_SIZE, 2 * NUM_FRAMES)[0], None, modalities)
+    clip = decode_clip(path, FRAME_SIZE, 2 * NUM_FRAMES)
+    raw = clip_raw(clip.frames, None, modalities, clip.undecodable)
+    raw.duration = clip.duration
     if "detections" in modalities:
         raw.absent["detections"] = "no object detector runs on a raw clip"
     return raw
@@ -126,7 +159,7 @@ def video_clip(path: Path, modalities: tuple[str, ...]) -> Raw:
 
     framing = spectrogram_framing(AUDIO_RATE) if "audio" in modalities else None
     clip = decode_clip(path, VIDEO_FRAME_SIZE, 10_000, framing, video="rgb" in modalities or "flow" in modalities)
-    return clip_modalities(clip, modalities, lambda frames: _frames_raw(Raw(), frames, modalities))
+    return clip_modalities(clip, modalities, lambda frames, bad: _frames_raw(Raw(), frames, modalities, bad))
 
 
 CLIP_FORMATS: dict[str, Callable[[Path, tuple[str, ...]], Raw]] = {

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Kind:
@@ -17,8 +19,20 @@ class Kind:
 
 
 class Raw(dict):
-    """``{modality: array}`` of one sample, and ``absent``: ``{modality: why it is missing}``."""
+    """``{modality: array}`` of one sample, and:
+
+    * ``absent``: ``{modality: why it is missing}``;
+    * ``valid``: ``{modality: (T,) bool}`` over the first (time) axis of the modality's array,
+      False where the sensor failed inside the clip (a black, frozen or undecodable frame, an
+      audio stretch the track does not cover, a NaN or a timestamp gap in a signal). The failed
+      steps hold a neutral stand-in (zeros, or the last good value held) so that extraction still
+      sees finite values; extraction marks the tokens they cover absent
+      (:mod:`karmma.presence`). A modality not named is valid throughout;
+    * ``duration``: the clip's length in seconds, when the reader knows it (None otherwise).
+    """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.absent: dict[str, str] = {}
+        self.valid: dict[str, np.ndarray] = {}
+        self.duration: float | None = None

@@ -11,6 +11,7 @@ Layout (``format = karmma-feature-store``, ``version = 1``)::
     labels/<task> (N,) int64
     features/<set>/<modality> (N, num_tokens, dim) float32 or float16, chunked by samples (~1 MiB)
     checksums/<set> (N, M) uint32  CRC-32 of each present row as written (:mod:`karmma.data.checksums`)
+    tokens_present/<set> (N, ΣN_m) bool  which tokens hold data (:mod:`karmma.data.store_tokens`)
     reasons    (N,)           JSON {modality: why it is absent} per sample ("" if none): the summary's source
 
 Reading is lazy (h5py datasets, each with a chunk cache that holds a shuffle window: see
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 
+from karmma.data import store_tokens
 from karmma.data.checksums import NO_RECORD
 from karmma.data.dataset import FeatureSet, RowView
 from karmma.data.safe_files import check_hdf5, declared_bytes
@@ -61,6 +63,36 @@ def store_info(path: str | Path) -> dict:
         except (KeyError, AttributeError, TypeError, IndexError, OSError) as e:
             raise DataError(f"{path}: no readable ids/done datasets ({e}); the store is corrupt — re-extract it") from e
         return meta
+
+
+def token_coverage(path: str | Path) -> dict:
+    """Per feature set and modality, over the written samples: ``samples_present`` and
+    ``tokens_present``, the share of their tokens present (1.0 in a store without per-token flags;
+    None with no sample present). Unreadable flags give the reason in place of the numbers."""
+    with _open(Path(path)) as h5:
+        meta = _meta(h5, Path(path))
+        try:
+            done = np.asarray(h5["done"][:], bool)
+            present = np.asarray(h5["present"][:], bool)
+        except (KeyError, OSError, TypeError) as e:
+            return {"unreadable": str(e)[:200]}
+        out: dict = {}
+        for fs, raw in meta.get("feature_sets", {}).items():
+            try:
+                specs = [ModalitySpec(**d) for d in raw]
+                tokens = store_tokens.read(h5, fs, present, specs, path, [str(i) for i in range(len(present))])
+                flags = store_tokens.expand(present, specs) if tokens is None else tokens
+                cov, start = {}, 0
+                for m, s in enumerate(specs):
+                    rows = present[done, m]
+                    part = flags[done, start : start + s.num_tokens][rows]
+                    cov[s.name] = {"samples_present": int(rows.sum()),
+                                   "tokens_present": float(part.mean()) if rows.any() else None}  # fmt: skip
+                    start += s.num_tokens
+                out[fs] = cov
+            except (DataError, ConfigError, KeyError, OSError, TypeError, ValueError) as e:
+                out[fs] = f"unreadable per-token flags ({str(e)[:200]})"
+        return out
 
 
 def brief_info(info: dict, names: int = 5) -> dict:
@@ -159,6 +191,8 @@ def open_store(path: str | Path, feature_set: str = "teacher", in_memory: bool |
             # a store written before per-row checksums has no record: NO_RECORD vouches for no all-zero row
             key = f"checksums/{feature_set}"
             sums = h5[key][:] if key in h5 else np.full(present.shape, NO_RECORD, np.uint32)
+            tokens = store_tokens.read(h5, feature_set, present, specs, path, ids)
+            durations = store_tokens.read_durations(h5, len(ids), path)
             labels = {t: h5[f"labels/{t}"][:] for t in meta["tasks"]}
             # read once in memory: no chunk cache needed (it would only raise the peak)
             cache = 0 if in_memory else CACHE_CHUNKS
@@ -195,6 +229,9 @@ def open_store(path: str | Path, feature_set: str = "teacher", in_memory: bool |
         chunk_rows=chunk[0] if chunk and all_done else None,
         labelled=bool(meta.get("extra", {}).get("labelled", True)),
         checksums=sums[keep],
+        token_present=None if tokens is None else tokens[keep],
+        durations=None if durations is None else durations[keep],
+        clip_tokens=store_tokens.clip_tokens(meta, [s.name for s in specs]),
     )
     if in_memory:
         fs = fs.subset(np.arange(len(fs)))

@@ -36,12 +36,13 @@ def write_store(path: str | Path, sets: Mapping[str, FeatureSet], dtype: str | N
             tasks=first.tasks,
             feature_sets={k: v.specs for k, v in sets.items()},
             class_names=first.class_names,
+            extra={"clip_tokens": list(first.clip_tokens)},
             resume=False,
             dtype=dtype,
         ) as w:
             rows = np.arange(len(first))
             w.write_all({k: {s.name: v._read(s.name, rows, keep_dtype=True) for s in v.specs} for k, v in sets.items()},
-                        first.present)  # fmt: skip
+                        first.present, {k: v.token_present for k, v in sets.items()}, first.durations)  # fmt: skip
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)

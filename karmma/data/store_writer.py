@@ -29,6 +29,7 @@ from typing import NamedTuple
 import h5py
 import numpy as np
 
+from karmma.data import store_tokens
 from karmma.data.checksums import row_checksums
 from karmma.data.safe_files import check_hdf5
 from karmma.data.store_safety import Reserve, add_checksums, os_error, reserve_bytes
@@ -40,23 +41,15 @@ from karmma.outputs import write_failed
 
 log = logging.getLogger(__name__)
 
-from karmma.data.store_format import FORMAT, VERSION  # noqa: E402,F401  (their home before 0.2)
-
-DTYPES = ("float32", "float16")
-CHUNK_BYTES = 1 << 20  # HDF5's advice: ~1 MiB chunks (and its default chunk cache is 1 MiB)
-MAX_CHUNK_ROWS = 64
-
-
-def chunk_rows(feature_sets: Mapping[str, Sequence[ModalitySpec]], n: int, itemsize: int) -> int:
-    """Samples per storage chunk, the same for every modality: about 1 MiB for the widest one."""
-    widest = max((s.num_tokens * s.dim * itemsize for specs in feature_sets.values() for s in specs), default=1)
-    return max(1, min(n, MAX_CHUNK_ROWS, CHUNK_BYTES // max(widest, 1)))
+from karmma.data.store_format import CHUNK_BYTES, DTYPES, FORMAT, MAX_CHUNK_ROWS, VERSION, chunk_rows  # noqa: E402,F401  (their home before 0.2)  # noqa: E402,F401
 
 
 class _Pending(NamedTuple):
     features: dict | None  # (feature set, modality) -> row; None: the sample could not be written
     present: np.ndarray
     reasons: dict[str, str]  # modality -> why it is absent
+    tokens: dict[str, np.ndarray] | None = None  # feature set -> (ΣN_m,) per-token presence
+    duration: float = float("nan")  # the clip's seconds (NaN: unknown)
 
 
 class FeatureStoreWriter:
@@ -182,6 +175,7 @@ class FeatureStoreWriter:
             h5.create_dataset("reasons", shape=(n,), dtype=h5py.string_dtype(), chunks=(self._chunk,))
             for task in tasks:
                 h5.create_dataset(f"labels/{task}", data=np.asarray(labels[task], dtype=np.int64))
+            store_tokens.create(h5, self.feature_sets, n, self._chunk)
             for fs, specs in self.feature_sets.items():
                 h5.create_dataset(f"checksums/{fs}", shape=(n, len(specs)), dtype=np.uint32,
                                   chunks=(self._chunk, len(specs)))  # fmt: skip
@@ -207,6 +201,7 @@ class FeatureStoreWriter:
         try:
             if "reasons" not in self.h5:
                 self.h5.create_dataset("reasons", shape=(self._n,), dtype=h5py.string_dtype(), chunks=(self._chunk,))
+            store_tokens.upgrade(self.h5, self.feature_sets, self._n, self._chunk)
             redo = add_checksums(self.h5, self.feature_sets, self._n, self._chunk)
             if redo.any():
                 log.warning("%s: %d done sample(s) hold no features (written by an extraction that failed); "
@@ -220,6 +215,7 @@ class FeatureStoreWriter:
         # Held open for the writer's life: each dataset's chunk cache is written on ``_sync``, where a
         # failure raises, not when a temporary dataset object is dropped (where h5py ignores it).
         names = ["present", "done", "reasons"] + [f"checksums/{fs}" for fs in self.feature_sets]
+        names += store_tokens.names(self.feature_sets)
         names += [f"features/{fs}/{s.name}" for fs, specs in self.feature_sets.items() for s in specs]
         self._ds = {k: self.h5[k] for k in names}
 
@@ -243,15 +239,13 @@ class FeatureStoreWriter:
         check_values(x[None], self.path, fs, s.name, [self._ids[i]], self.dtype)
         return x.astype(self.dtype, copy=False)
 
-    def write(
-        self,
-        i: int,
-        features: Mapping[str, Mapping[str, np.ndarray | None]],
-        present: Sequence[bool],
-        reasons: Mapping[str, str] | None = None,
-    ) -> None:
+    def write(self, i: int, features: Mapping[str, Mapping[str, np.ndarray | None]], present: Sequence[bool],
+              reasons: Mapping[str, str] | None = None, tokens: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+              duration: float | None = None) -> None:  # fmt: skip
         """``features[feature_set][modality]``: array ``(num_tokens, dim)`` or None if absent;
-        ``reasons[modality]``: why an absent modality is absent (kept in the store's summary).
+        ``reasons[modality]``: why an absent modality is absent (kept in the store's summary);
+        ``tokens[feature_set][modality]``: ``(num_tokens,)`` bool, which tokens of a present
+        modality hold data (default: all; :mod:`karmma.data.store_tokens`); ``duration``: seconds.
 
         Buffered: the sample reaches the file when its chunk is complete, on ``flush`` or ``close``."""
         if self._failed:
@@ -263,7 +257,11 @@ class FeatureStoreWriter:
             for s, p in zip(specs, present)
             if p
         }
-        self._queue(i, _Pending(row, present, dict(reasons or {})))
+        where = f"{self.path}: sample {self._ids[i]!r}"
+        flags = {fs: store_tokens.sample_row(present, specs, (tokens or {}).get(fs), f"{where} ({fs})")
+                 for fs, specs in self.feature_sets.items()}  # fmt: skip
+        seconds = float("nan") if duration is None else float(duration)
+        self._queue(i, _Pending(row, present, dict(reasons or {}), flags, seconds))
 
     def skip(self, i: int, reasons: Mapping[str, str]) -> None:
         """Sample ``i`` could not be written (no modality readable): its reasons are kept, it stays
@@ -309,6 +307,7 @@ class FeatureStoreWriter:
                 sums[rows, m] = row_checksums(block[rows])
                 self._ds[f"features/{fs}/{s.name}"][a:b] = block
             self._ds[f"checksums/{fs}"][a:b] = sums
+        store_tokens.write_rows(self._ds, self.feature_sets, a, items)
         self._ds["present"][a:b] = np.stack([it.present for it in items])
         self._ds["reasons"][a:b] = np.array([json.dumps(it.reasons) if it.reasons else "" for it in items], object)
 
@@ -333,10 +332,14 @@ class FeatureStoreWriter:
                                  "run the same command again to resume")  # fmt: skip
         raise self._failed from e
 
-    def write_all(self, features: Mapping[str, Mapping[str, np.ndarray]], present: np.ndarray) -> None:
-        """Bulk write: ``features[feature_set][modality]`` is ``(N, num_tokens, dim)``."""
+    def write_all(self, features: Mapping[str, Mapping[str, np.ndarray]], present: np.ndarray,
+                  tokens: Mapping[str, np.ndarray | None] | None = None,
+                  durations: np.ndarray | None = None) -> None:  # fmt: skip
+        """Bulk write: ``features[feature_set][modality]`` is ``(N, num_tokens, dim)``; ``tokens``
+        and ``durations`` as :func:`karmma.data.store_tokens.write_all` takes them."""
         present = np.asarray(present, dtype=bool)
         try:
+            store_tokens.write_all(self._ds, self.feature_sets, present, tokens, durations)
             for fs, mods in features.items():
                 sums = np.zeros((self._n, len(self.modalities)), np.uint32)
                 for name, arr in mods.items():

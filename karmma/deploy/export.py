@@ -1,7 +1,10 @@
 """ONNX export of a model (the student, typically) with the presence mask as an input.
 
 Inputs: one float tensor ``(B, num_tokens, dim)`` per modality, named after it, and ``present``
-``(B, M)`` bool. Outputs: one logits tensor per task. The model's metadata (modalities, tasks,
+``(B, ΣN_m)`` bool: one flag per token, modality after modality (:mod:`karmma.presence`), so a
+sensor that failed for part of the clip is given as the tokens it missed (a whole modality:
+all its tokens). Files exported before 0.2 take ``present`` ``(B, M)``; the metadata says which
+(``presence``: ``per_token`` or absent). Outputs: one logits tensor per task. The model's metadata (modalities, tasks,
 class names) travels inside the file (``metadata_props["karmma"]``). :func:`verify_onnx` runs
 the file in onnxruntime for every non-empty modality subset and reports the max abs difference
 to PyTorch.
@@ -21,12 +24,15 @@ import onnx
 import torch
 from torch import nn
 
+from karmma import presence
 from karmma.errors import DataError, KarmmaError
 from karmma.io.checkpoint import MODEL_VERSION
 from karmma.modalities import ModalitySpec, all_subsets, dummy_inputs, subset_name
 from karmma.models.karmma import KARMMA
 
 log = logging.getLogger(__name__)
+
+PER_TOKEN = "per_token"  # the metadata's ``presence``: the file takes ``present`` (B, ΣN_m)
 
 
 class _Positional(nn.Module):
@@ -36,7 +42,10 @@ class _Positional(nn.Module):
         self.m = len(model.specs)
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model(list(inputs[: self.m]), inputs[self.m])
+        # always the per-token path (a traced graph has no data-dependent branch); with every
+        # token of a modality present it computes what the whole-modality path does
+        masks = presence.split(inputs[self.m].bool(), presence.counts_of(self.model.specs))
+        out = self.model.forward_presence(list(inputs[: self.m]), presence.whole(masks), masks)
         return tuple(out[t] for t in self.model.tasks)
 
 
@@ -51,6 +60,7 @@ def export_onnx(model: KARMMA, meta: dict, path: str | Path, opset: int = 17) ->
     model.eval()
     names = model.modality_names
     tokens, present = dummy_inputs(model.specs, 2)
+    present = presence.flatten(presence.expand(present, presence.counts_of(model.specs)))
     dynamic = {n: {0: "batch"} for n in [*names, "present", *model.tasks]}
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -66,7 +76,7 @@ def export_onnx(model: KARMMA, meta: dict, path: str | Path, opset: int = 17) ->
         proto = onnx.load(str(tmp))
         names = ("specs", "tasks", "class_names", "model", "feature_set", "name", "extractor")
         keep = {k: meta[k] for k in names if k in meta}
-        keep.update(model=asdict(model.cfg), version=MODEL_VERSION)  # as this release describes the model
+        keep.update(model=asdict(model.cfg), version=MODEL_VERSION, presence=PER_TOKEN)  # as this release says
         onnx.helper.set_model_props(proto, {"karmma": json.dumps(keep)})
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
@@ -110,8 +120,20 @@ def onnx_metadata(path: str | Path) -> dict:
     return meta
 
 
-def onnx_feed(names: list[str], tokens: list[torch.Tensor], present: torch.Tensor) -> dict[str, np.ndarray]:
-    """The onnxruntime inputs of an exported model: one array per modality and ``present``."""
+def onnx_feed(names: list[str], tokens: list[torch.Tensor], present: torch.Tensor,
+              meta: dict | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+    """The onnxruntime inputs of an exported model: one array per modality and ``present`` in the
+    form the file takes (``meta``: its metadata; None: as given)."""
+    if meta is not None:
+        counts = [t.shape[1] for t in tokens]
+        if meta.get("presence") == PER_TOKEN and present.shape[1] != sum(counts):
+            present = presence.flatten(presence.expand(present.bool(), counts))
+        elif meta.get("presence") != PER_TOKEN and present.shape[1] != len(counts):  # a 0.1 export
+            whole, partial = presence.normalize(present, counts)
+            if partial is not None:
+                log.warning("this ONNX file (exported before 0.2) takes whole-modality presence: a modality "
+                            "present for part of the clip is given as present; export the model again")  # fmt: skip
+            present = whole
     return {**{n: t.numpy() for n, t in zip(names, tokens)}, "present": present.numpy()}
 
 
@@ -121,12 +143,21 @@ def verify_onnx(model: KARMMA, path: str | Path, seed: int = 0, batch: int = 4, 
 
     model.eval()
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    meta = onnx_metadata(path)
     names = model.modality_names
     diffs = {}
     for i, subset in enumerate(all_subsets(names)):
         tokens, mask = dummy_inputs(model.specs, batch, subset, seed=seed + i)
         with torch.no_grad():
             ref = model(tokens, mask)
-        got = sess.run(list(model.tasks), onnx_feed(names, tokens, mask))
+        got = sess.run(list(model.tasks), onnx_feed(names, tokens, mask, meta))
         diffs[subset_name(subset)] = float(max(np.abs(g_ - ref[t].numpy()).max() for t, g_ in zip(model.tasks, got)))
+    # and with every modality present for part of the clip: the first half of its tokens
+    tokens, mask = dummy_inputs(model.specs, batch, seed=seed + len(diffs))
+    counts = presence.counts_of(model.specs)
+    flat = presence.flatten([torch.arange(n).expand(batch, n) < max(1, n // 2) for n in counts])
+    with torch.no_grad():
+        ref = model(tokens, flat)
+    got = sess.run(list(model.tasks), onnx_feed(names, tokens, flat, meta))
+    diffs["first half of each"] = float(max(np.abs(g_ - ref[t].numpy()).max() for t, g_ in zip(model.tasks, got)))
     return {"max_abs_diff": diffs, "tol": tol, "ok": all(d <= tol for d in diffs.values())}

@@ -61,9 +61,12 @@ class Predictor:
         if topk < 1:
             raise DataError(f"topk={topk}; ask for at least 1 class")
         tokens, present = tokens_from_mapping(self.specs, sample, source)
-        logits = self._run(tokens, present)
+        mask, coverage = token_mask(self.specs, present, getattr(sample, "valid", {}), source)
+        logits = self._run(tokens, mask)
         out = {"present": [s.name for s, p in zip(self.specs, present[0]) if p],
                "absent": [s.name for s, p in zip(self.specs, present[0]) if not p], "topk": {}}  # fmt: skip
+        if coverage:
+            out["token_coverage"] = coverage  # modalities present for part of the clip: the share of tokens
         for task in self.tasks:
             probs = torch.softmax(torch.as_tensor(logits[task][0]), -1)
             k = min(topk, len(probs))
@@ -73,6 +76,28 @@ class Predictor:
                 (int(i), names[int(i)] if int(i) < len(names) else str(int(i)), float(v)) for v, i in zip(vals, idx)
             ]
         return out
+
+
+def token_mask(specs: list[ModalitySpec], present: torch.Tensor, valid: dict, source: str) -> tuple[torch.Tensor, dict]:
+    """``present`` (1, M) with ``valid`` ``{modality: (num_tokens,) bool}`` (which tokens hold data)
+    -> the mask (per token when a modality is present for part of the clip) and each such
+    modality's share of present tokens."""
+    if not valid:
+        return present, {}
+    rows, coverage = [], {}
+    for m, s in enumerate(specs):
+        row = torch.full((s.num_tokens,), bool(present[0, m]))
+        if s.name in valid and bool(present[0, m]):
+            v = torch.as_tensor(np.asarray(valid[s.name], dtype=bool))
+            if v.shape != (s.num_tokens,) or not v.any():
+                raise DataError(f"{source}: modality {s.name!r} marks {tuple(v.shape)} tokens valid "
+                                f"(none present?); it has {s.num_tokens}")  # fmt: skip
+            row = v
+            if not v.all():
+                coverage[s.name] = float(v.float().mean())
+        rows.append(row)
+    mask = torch.cat(rows)[None]
+    return (mask if coverage else present), coverage
 
 
 def load_predictor(path: str | Path) -> Predictor:
@@ -91,7 +116,7 @@ def load_predictor(path: str | Path) -> Predictor:
         tasks = meta["tasks"]
 
         def run(tokens, present):
-            return dict(zip(tasks, sess.run(list(tasks), onnx_feed([s.name for s in specs], tokens, present))))
+            return dict(zip(tasks, sess.run(list(tasks), onnx_feed([s.name for s in specs], tokens, present, meta))))
 
         return Predictor(specs, tasks, meta.get("class_names", {}), run, meta.get("extractor"))
     model, meta = load_model(path)
@@ -129,6 +154,7 @@ def clip_sample(predictor: Predictor, clip: str | Path, modalities: tuple[str, .
     from karmma.data.clips import CLIP_FORMATS, VIDEO_MODALITIES
     from karmma.data.media.decode import NoStream, TooFewFrames, clip_streams
     from karmma.data.raw import Kind, Raw
+    from karmma.extractors.encoders import token_valid, whole_clip_tokens
     from karmma.paths import no_dangling_link
     from karmma.registries import EXTRACTORS
 
@@ -162,6 +188,12 @@ def clip_sample(predictor: Predictor, clip: str | Path, modalities: tuple[str, .
     encoders = EXTRACTORS.get(ex["encoder"])(kinds, size, ex.get("weights"))  # the same family as extraction
     sample = Raw({m: encoders[m](raw[m]) for m in kinds})
     sample.absent = {m: raw.absent.get(m, "not in the clip") for m in modalities if m not in raw}
+    # the tokens a sensor failed for (black or frozen frames, a short audio track): marked absent
+    sample.valid = {m: token_valid(raw.valid[m], len(sample[m]), whole_clip_tokens(encoders[m]))
+                    for m in kinds if m in raw.valid and np.asarray(raw.valid[m]).any()}  # fmt: skip
+    for m in [m for m in kinds if m in raw.valid and not np.asarray(raw.valid[m]).any()]:
+        del sample[m]  # the sensor failed for the whole clip
+        sample.absent[m] = "the sensor failed for the whole clip"
     if not sample:
         streams = clip_streams(clip)
         stream = {m: "video" for m in VIDEO_MODALITIES} | {"audio": "audio"}

@@ -98,12 +98,15 @@ class ModalitySwap(nn.Module):
         self.rates = [float(q) for q in rates]
         self.min_present = min_present
 
-    def forward(self, encoded: list[torch.Tensor], present: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, encoded: list[torch.Tensor], present: torch.Tensor,
+                token_masks: list[torch.Tensor] | None = None) -> list[torch.Tensor]:  # fmt: skip
         b = present.shape[0]
         if not self.training or b < 2 or not any(self.rates):
             return encoded
         present = present.bool()
         others = present.sum(1) >= self.min_present
+        if token_masks is not None:  # only a modality present for the whole clip is swapped
+            present = present & torch.stack([mk.all(1) for mk in token_masks], 1)
         out = list(encoded)
         for m, q in enumerate(self.rates):
             if q > 0:
@@ -132,8 +135,9 @@ class Augmentation:
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         return self.token(x)
 
-    def encoded(self, encoded: list[torch.Tensor], present: torch.Tensor) -> list[torch.Tensor]:
-        return self.swap(encoded, present)
+    def encoded(self, encoded: list[torch.Tensor], present: torch.Tensor,
+                token_masks: list[torch.Tensor] | None = None) -> list[torch.Tensor]:  # fmt: skip
+        return self.swap(encoded, present, token_masks)
 
     @property
     def active(self) -> bool:

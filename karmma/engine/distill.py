@@ -24,7 +24,7 @@ from karmma.engine.diagnostics import teacher_diagnostics
 from karmma.engine.distributed import resolve_device
 from karmma.engine.out_of_fold import out_of_fold_logits
 from karmma.engine.train import FitOptions, FitResult, check_training_data, fit
-from karmma.errors import CheckpointError
+from karmma.errors import CheckpointError, ConfigError
 from karmma.io.rundir import module_sha256
 from karmma.models.karmma import KARMMA
 from karmma.tasks import TASKS, TeacherLogits, cache_teacher_logits
@@ -64,6 +64,12 @@ def distill(
     teacher_hash = module_sha256(teacher)
     teacher.to(resolve_device(cfg.device)).eval()
     cache = None
+    # per-token masks (bursts, or data with per-token presence): the teacher runs on those steps
+    partial = cfg.modality_dropout.kind == "burst" or any(p.token_present is not None for p in data.parts())
+    if partial and cfg.distill.teacher_logits == "out_of_fold":
+        raise ConfigError("distill.teacher_logits=out_of_fold caches whole-modality subsets only; with per-token "
+                          "presence (modality_dropout.kind=burst, or a store with partial tokens) use the frozen "
+                          "teacher (distill.teacher_logits=teacher)")  # fmt: skip
     if cfg.distill.teacher_logits == "out_of_fold":
         if teacher_cfg is None:
             raise CheckpointError("distill.teacher_logits=out_of_fold needs the teacher's training config")
@@ -82,7 +88,7 @@ def distill(
     task = TASKS.get(cfg.distill.task).from_config(student, teacher, cfg, cache)
     result = fit(
         task,
-        data.student if cache is not None else data,  # with the cache the teacher's features are not read
+        data.student if cache is not None and not partial else data,  # with the cache: teacher features unread
         cfg,
         run_dir,
         dataclasses.replace(

@@ -65,7 +65,7 @@ def _expert_log_probs(model: KARMMA, data: FeatureSet, rows: np.ndarray, batch_s
             if not ok.any():
                 continue
             b = batch.select(ok).to(device)
-            experts_out = model(b.tokens, mask[ok].to(device)).extras["late_fusion"]
+            experts_out = model(b.tokens, batch.mask(mask)[ok].to(device)).extras["late_fusion"]  # per token if partial
             fused, unimodal = experts_out["fused"], experts_out["heads"]
             for t in model.tasks:
                 experts[t].append(torch.cat([fused[t][:, None], unimodal[t]], 1).float().log_softmax(-1).cpu())

@@ -114,10 +114,13 @@ def run_evaluate(
     compile: bool = False,
     split: str = "val",
     epic: str | Path | None = None,
+    bursts: tuple[float, ...] = (),
+    clip_seconds: float = 3.0,
 ) -> tuple[dict, list[str]]:
     """Every model on every modality subset and sensor-dropout rate, on ``split`` of its own data
     (``val``: where choices are made; ``test``: the final report) or on the store ``val_store``;
-    with ``epic`` (the EPIC-100 annotation folder) also the official EPIC metrics per model.
+    with ``epic`` (the EPIC-100 annotation folder) also the official EPIC metrics per model; with
+    ``bursts`` (mean burst lengths, s) the within-clip failure tables (``within_clip``: the first).
     The results name the split they report (``results["split"]``)."""
     models: dict[str, torch.nn.Module] = {}
     data: dict[str, FeatureSet] = {}
@@ -129,6 +132,14 @@ def run_evaluate(
     tasks = list(next(iter(models.values())).tasks)
     results = evaluate_models(models, data, seed=seed, repeats=repeats, progress=progress, precision=precision)
     results["split"] = f"{split} ({val_store})" if val_store else split
+    if bursts:  # sensors failing inside the clip (karmma.evaluation.bursts), mean burst lengths in seconds
+        from karmma.evaluation.bursts import evaluate_bursts
+
+        for name, model in models.items():
+            by_length = evaluate_bursts(model, data[name], seed=seed, repeats=repeats, burst_seconds=bursts,
+                                        clip_default=clip_seconds, precision=precision)  # fmt: skip
+            results["models"][name]["within_clip"] = by_length[f"{bursts[0]:g}"]
+            results["models"][name]["within_clip_by_length"] = by_length
     if epic:  # the official EPIC-100 metrics, on the models and data already loaded
         from karmma.evaluation.epic_eval import epic_report
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from karmma.bursts import train_bursts
 from karmma.config import ExperimentConfig
 from karmma.data.dataset import FeatureSet, check_fits, feature_stats, require_samples, validate_features
 from karmma.data.loader import batch_loader
@@ -251,8 +252,10 @@ def _fit(task: Task, train_data, cfg, run_dir, opts: FitOptions) -> FitResult:
             for s, rows, batch in zip(range(first, steps_per_epoch), step_rows, loader):
                 gen = torch.Generator().manual_seed(step_seed(cfg.seed, global_step))
                 mask_all = apply_modality_dropout(torch.from_numpy(train_data.present[rows]), cfg.modality_dropout, gen)
+                if cfg.modality_dropout.kind == "burst":  # sensors failing for stretches of the clip
+                    mask_all = train_bursts(train_data, rows, mask_all, cfg.modality_dropout, gen)
                 batch = batch.to(device, non_blocking=pin)
-                mask = mask_all[mine].to(device)
+                mask = batch.mask(mask_all[mine].to(device))  # per token where the data or the bursts are
                 torch.manual_seed(step_seed(cfg.seed, global_step))  # nn.Dropout draws
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(global_step, total_steps, cfg.optim.lr, cfg.optim.warmup_steps)

@@ -29,7 +29,7 @@ def collect_logits(model: torch.nn.Module, data: FeatureSet, batch_size: int = 2
     out: dict[str, list[np.ndarray]] = {t: [] for t in model.tasks}
     for start in range(0, len(data), batch_size):
         batch = data.get_batch(np.arange(start, min(len(data), start + batch_size))).to(device)
-        for t, v in model(batch.tokens, batch.present).items():
+        for t, v in model(batch.tokens, batch.mask()).items():  # per token where a modality is partial
             out[t].append(v.float().cpu().numpy())
     return {t: np.concatenate(v) if v else np.zeros((0, model.tasks[t]), np.float32) for t, v in out.items()}
 

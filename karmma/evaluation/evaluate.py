@@ -15,10 +15,12 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from karmma.bursts import failed_as_data
 from karmma.data.dataset import FeatureSet
 from karmma.metrics import AccuracyMeter
 from karmma.modalities import all_subsets, subset_mask, subset_name
@@ -30,7 +32,17 @@ log = logging.getLogger(__name__)
 
 DROPOUT_RATES = tuple(round(0.1 * i, 1) for i in range(10))  # 0%..90%
 
-MaskFn = Callable[[torch.Tensor, np.ndarray], torch.Tensor]
+
+class AsData(NamedTuple):
+    """A mask variant whose failed tokens are fed as data (:func:`karmma.bursts.failed_as_data`):
+    ``mask`` as usual, ``failed`` ``(B, ΣN_m)`` the tokens replaced, ``fill`` per modality."""
+
+    mask: torch.Tensor
+    failed: torch.Tensor
+    fill: tuple[str, ...]
+
+
+MaskFn = Callable[[torch.Tensor, np.ndarray], "torch.Tensor | AsData"]
 
 
 @torch.no_grad()
@@ -41,9 +53,10 @@ def run_masked_many(
     batch_size: int = 256,
     precision: str = "fp32",
 ) -> dict[str, dict[str, float]]:
-    """Accuracy of ``model`` under each mask variant ``mask_fns[key](present, rows)``, reading the
-    split once: every variant runs on each batch while it is in memory (on the model's device,
-    under ``precision``'s autocast)."""
+    """Accuracy of ``model`` under each mask variant ``mask_fns[key](present, rows)`` (a mask of
+    either form, :mod:`karmma.presence`, or :class:`AsData`), reading the split once: every
+    variant runs on each batch while it is in memory (on the model's device, under
+    ``precision``'s autocast). A mask is restricted to what the data holds (``Batch.mask``)."""
     model.eval()
     device = next(model.parameters()).device
     meters = {key: AccuracyMeter(list(data.tasks)) for key in mask_fns}
@@ -53,13 +66,18 @@ def run_masked_many(
         batch = data.get_batch(rows)
         present, full = batch.present, batch.to(device, non_blocking=True)
         for key, fn in mask_fns.items():
-            mask = fn(present, rows) & present
+            variant = fn(present, rows)
+            mask = batch.mask(variant.mask if isinstance(variant, AsData) else variant)
             ok = mask.any(1)
             skipped[key] += int((~ok).sum())
             b = full if ok.all() else full.select(ok.to(device))
             if len(b):
+                tokens = b.tokens
+                if isinstance(variant, AsData):
+                    counts = [t.shape[1] for t in tokens]
+                    tokens = failed_as_data(tokens, variant.failed[ok].to(device), counts, variant.fill)
                 with autocast(device, precision):
-                    logits = model(b.tokens, mask[ok].to(device))
+                    logits = model(tokens, mask[ok].to(device))
                 meters[key].update({k: v.float() for k, v in logits.items()}, b.labels)
     return {key: {**meters[key].compute(), "skipped": float(skipped[key])} for key in mask_fns}
 
@@ -200,6 +218,18 @@ def write_results(results: dict, out_dir: str | Path, tasks: Sequence[str]) -> d
     metric = main_metric(tasks)
     paths["dropout_png"] = write_figure(plot_sensor_dropout, results, metric, out / "sensor_dropout.png")
     paths["subsets_png"] = write_figure(plot_subsets, results, metric, out / "subsets.png")
+    if any("within_clip" in r for r in results["models"].values()):
+        from karmma.evaluation.plots import plot_within_clip
+
+        rows = [["model", "burst_seconds", "view", "rate", *metrics, *(f"{k}_std" for k in metrics)]]
+        for model, r in results["models"].items():
+            for length, views in r.get("within_clip_by_length", {}).items():
+                for view, table in views.items():
+                    rows += [[model, length, view, rate, *(f"{m[k]:.2f}" for k in metrics),
+                              *(f"{m[k + '_std']:.2f}" for k in metrics)] for rate, m in table.items()]  # fmt: skip
+        paths["within_clip_csv"] = out / "within_clip.csv"
+        write_text_atomic(paths["within_clip_csv"], _csv_text(rows))
+        paths["within_clip_png"] = write_figure(plot_within_clip, results, metric, out / "within_clip.png")
     return paths
 
 
@@ -211,6 +241,19 @@ def format_table(results: dict, metric: str) -> str:
 def format_dropout_table(results: dict, metric: str) -> str:
     """A Markdown table: one row per sensor-dropout rate, one column per model."""
     return _table(results, metric, "sensor_dropout", "sensor dropout", lambda r: f"{float(r) * 100:.0f}%")
+
+
+def format_within_clip_table(results: dict, metric: str) -> str:
+    """A Markdown table: one row per failure rate, a column per model and way of treating it."""
+    models = [m for m, r in results["models"].items() if "within_clip" in r]
+    cols = [(m, v) for m in models for v in results["models"][m]["within_clip"]]
+    rates = list(results["models"][models[0]]["within_clip"]["per_token"])
+    lines = [f"| time failed ({metric}) | " + " | ".join(f"{m} {v}" for m, v in cols) + " |",
+             "|---|" + "---:|" * len(cols)]  # fmt: skip
+    for r in rates:
+        cells = " | ".join(f"{results['models'][m]['within_clip'][v][r][metric]:.1f}" for m, v in cols)
+        lines.append(f"| {float(r) * 100:.0f}% | {cells} |")
+    return "\n".join(lines)
 
 
 def _table(results: dict, metric: str, key: str, title: str, row_name) -> str:

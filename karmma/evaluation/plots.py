@@ -47,3 +47,26 @@ def plot_subsets(results: dict, metric: str, path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def plot_within_clip(results: dict, metric: str, path: str | Path) -> Path:
+    """Accuracy against the fraction of each clip its sensors fail, one panel per model, a line
+    per way of treating the failure (``per_token``, ``drop_whole``, ``as_data``)."""
+    models = [m for m, r in results["models"].items() if "within_clip" in r]
+    fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 4), squeeze=False, sharey=True)
+    for ax, name in zip(axes[0], models):
+        for view, table in results["models"][name]["within_clip"].items():
+            rates = sorted(table, key=float)
+            err = [table[x].get(f"{metric}_std", 0.0) for x in rates]
+            xs, ys = [float(x) * 100 for x in rates], [table[x][metric] for x in rates]
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=view)
+        ax.set_title(name)
+        ax.set_xlabel("time each sensor fails (%)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0][0].set_ylabel(metric.replace("_", " ") + " (%)")
+    fig.suptitle("Sensors failing inside the clip")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

@@ -23,6 +23,11 @@ def aggregate(per_seed: list[dict], metric: str) -> dict:
             part: {key: mean_std([s["models"][name][part][key][metric] for s in per_seed]) for key in r[part]}
             for part in ("subsets", "sensor_dropout")
         }
+        if "within_clip" in r:  # {view: {rate: mean ± std over seeds}} (karmma.evaluation.bursts)
+            out["models"][name]["within_clip"] = {
+                view: {rate: mean_std([s["models"][name]["within_clip"][view][rate][metric] for s in per_seed])
+                       for rate in table} for view, table in r["within_clip"].items()
+            }  # fmt: skip
     if {"student", "baseline-md"} <= set(first):
         paired: dict = {}
         for part in ("subsets", "sensor_dropout"):
@@ -36,6 +41,27 @@ def aggregate(per_seed: list[dict], metric: str) -> dict:
         paired["mean_over_subsets"] = mean_std(np.mean(per_subset, axis=0))
         out["student_minus_baseline_md"] = paired
     return out
+
+
+WITHIN_CLIP_MODELS = ("teacher", "student", "baseline-md")
+
+
+def format_within_clip(summary: dict, metric: str, models: tuple[str, ...] = WITHIN_CLIP_MODELS) -> str:
+    """Markdown: per failure rate, each model's three ways of treating a sensor failing inside
+    the clip (mean ± std over seeds); empty when the results have none."""
+    have = [m for m in models if "within_clip" in summary["models"].get(m, {})]
+    if not have:
+        return ""
+    views = list(summary["models"][have[0]]["within_clip"])
+    cols = [(m, v) for m in have for v in views]
+    lines = [f"| time each sensor fails ({metric}, mean ± std over seeds) | " + " | ".join(f"{m} {v}" for m, v in cols)
+             + " |", "|---|" + "---:|" * len(cols)]  # fmt: skip
+    for rate in summary["models"][have[0]]["within_clip"][views[0]]:
+        cells = [summary["models"][m]["within_clip"][v][rate] for m, v in cols]
+        lines.append(
+            f"| {float(rate) * 100:.0f}% | " + " | ".join(f"{c['mean']:.1f} ± {c['std']:.1f}" for c in cells) + " |"
+        )
+    return "\n".join(lines)
 
 
 def format_summary(summary: dict, metric: str) -> str:
@@ -65,7 +91,16 @@ def plot_means(summary: dict, metric: str, out: Path) -> None:
     """The paper-style plots of the means over seeds (``sensor_dropout.png``, ``subsets.png``)."""
     from karmma.evaluation.plots import plot_sensor_dropout, plot_subsets
 
-    means = {"models": {name: {part: {k: {metric: v["mean"]} for k, v in r[part].items()} for part in r}
+    means = {"models": {name: {part: {k: {metric: v["mean"]} for k, v in r[part].items()}
+                               for part in ("subsets", "sensor_dropout")}
                         for name, r in summary["models"].items()}}  # fmt: skip
     plot_sensor_dropout(means, metric, out / "sensor_dropout.png")
     plot_subsets(means, metric, out / "subsets.png")
+    within = {name: r["within_clip"] for name, r in summary["models"].items() if name in WITHIN_CLIP_MODELS
+              and "within_clip" in r}  # fmt: skip
+    if within:  # the within-clip failure curves (karmma.evaluation.bursts): mean and std over seeds
+        from karmma.evaluation.plots import plot_within_clip
+
+        curves = {name: {"within_clip": {view: {k: {metric: v["mean"], f"{metric}_std": v["std"]} for k, v in t.items()}
+                                         for view, t in w.items()}} for name, w in within.items()}  # fmt: skip
+        plot_within_clip({"models": curves}, metric, out / "within_clip.png")

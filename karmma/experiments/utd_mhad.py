@@ -30,7 +30,7 @@ from karmma.data.store import open_store, write_store
 from karmma.evaluation.evaluate import main_metric
 from karmma.experiments.comparison import run_comparison
 from karmma.experiments.lanes import auto_lanes
-from karmma.experiments.seeds import aggregate, format_summary, plot_means
+from karmma.experiments.seeds import aggregate, format_summary, format_within_clip, plot_means
 from karmma.extractors.extract import SIZES, run_extract
 from karmma.io.checkpoint import load_model
 from karmma.registries import EXTRACTORS
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 ENCODER = "efficientnet"  # the extractor family the benchmark extracts with, and its cost table counts
 
 MODALITIES = ("depth", "flow", "inertial", "skeleton")
+BURSTS = (0.5,)  # sensors failing inside the clip: the mean burst length (s) of the within-clip table
 
 
 def split_validation(train: Path, out_dir: Path, val_subject: int) -> tuple[Path, Path]:
@@ -86,7 +87,8 @@ def run_utd_mhad_benchmark(
         sets = [f"data.train={fit}", f"data.val={val}", f"seed={seed}", *(overrides or [])]
         sets += [f"optim.epochs={epochs}"] if epochs is not None else []
         results, tasks, dirs = run_comparison("utd_mhad_teacher", "utd_mhad_student", out / f"seed{seed}", sets,
-                                              repeats, progress, eval_store=feats["test"], lanes=lanes)  # fmt: skip
+                                              repeats, progress, eval_store=feats["test"], lanes=lanes,
+                                              bursts=BURSTS)  # fmt: skip
         results["fusion_weights"] = {k: _fitted_weights(d) for k, d in dirs.items()}
         per_seed.append(results)
     t_train = time.perf_counter() - t0 - t_extract
@@ -103,6 +105,7 @@ def run_utd_mhad_benchmark(
         f"UTD-MHAD cross-subject: train odd subjects except s{val_subject} (validation), test even subjects "
         f"({n_test} clips, read once per model); seeds {list(seeds)}",
         format_summary(summary, metric),
+        format_within_clip(summary, metric),
         format_pipeline_cost(cost),
         format_fusion_weights(per_seed),
         f"extraction {t_extract:.0f} s, training and evaluation {t_train:.0f} s, "

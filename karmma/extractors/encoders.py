@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from karmma.errors import CheckpointError
+from karmma.presence import HALF
 
 SIZES = ("teacher", "student")
 
@@ -37,6 +38,26 @@ def segment_bounds(t: int, n: int) -> list[tuple[int, int]]:
         a = min(int(edges[i]), t - 1)
         out.append((a, max(a + 1, int(edges[i + 1]))))
     return out
+
+
+def token_valid(valid: np.ndarray, num_tokens: int, whole_clip: bool = False) -> np.ndarray:
+    """Which of ``num_tokens`` tokens hold data, from the raw steps' validity ``(T,)``: a token is
+    present when at least half of its raw steps are valid (``segment_bounds``; every step for a
+    token that summarises the whole clip); with any valid step, at least the best covered token
+    is (:mod:`karmma.presence`)."""
+    valid = np.asarray(valid, dtype=bool)
+    spans = [(0, len(valid))] * num_tokens if whole_clip else segment_bounds(len(valid), num_tokens)
+    share = np.array([valid[a:b].mean() if b > a else 0.0 for a, b in spans])
+    out = share >= HALF
+    if not out.any() and valid.any():  # the best covered token; a whole-clip summary's tokens together
+        out[:] = whole_clip
+        out[int(share.argmax())] = True
+    return out
+
+
+def whole_clip_tokens(encoder: object) -> bool:
+    """Whether each token of ``encoder`` summarises the whole clip (depth motion maps: a view each)."""
+    return bool(getattr(encoder, "whole_clip_tokens", False))
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from karmma.data.readers.base import DatasetReader, SampleRef, get_reader
 from karmma.data.store import FeatureStoreWriter
 from karmma.data.store_summary import store_summary, summary_path
 from karmma.errors import DataError, Interrupted
-from karmma.extractors.encoders import SIZES
+from karmma.extractors.encoders import SIZES, token_valid, whole_clip_tokens
 from karmma.extractors.families import (  # noqa: F401  (backbone_encoder, pool_encoder: their home before 0.2)
     NUM_TOKENS,
     Encoder,
@@ -56,14 +56,22 @@ def encoder_specs(
 
 def _job(ref: SampleRef, reader: DatasetReader, modalities: tuple[str, ...], on_error: str, encoders):
     raw = reader.load(ref, modalities, on_error)
+    valid = getattr(raw, "valid", {})
+    why = dict(getattr(raw, "absent", {}))
+    for m in [m for m in modalities if m in raw and m in valid and not np.asarray(valid[m]).any()]:
+        del raw[m]  # failed for the whole clip: absent, with its reason
+        why[m] = "the sensor failed for the whole clip"
     feats: dict[str, dict[str, np.ndarray]] = {size: {} for size in SIZES}
+    tokens: dict[str, dict[str, np.ndarray]] = {size: {} for size in SIZES}
     for m in modalities:
         if m in raw:
             for size in SIZES:
-                feats[size][m] = encoders[size][m](raw[m])
-    why = getattr(raw, "absent", {})
+                enc = encoders[size][m]
+                feats[size][m] = enc(raw[m])
+                if m in valid:
+                    tokens[size][m] = token_valid(valid[m], len(feats[size][m]), whole_clip_tokens(enc))
     absent = {m: why.get(m, "not in the sample") for m in modalities if m not in raw}
-    return feats, [m in raw for m in modalities], absent
+    return feats, [m in raw for m in modalities], absent, tokens, getattr(raw, "duration", None)
 
 
 def write_summary(out: Path) -> dict:
@@ -143,7 +151,8 @@ def run_extract(
     kinds = {m: reader.modalities[m] for m in modalities}
     family = EXTRACTORS.get(encoder)
     encoders = {size: family(kinds, size, weights) for size in SIZES}
-    extra = {**reader.extra, "encoder": encoder, "reader": dataset}
+    extra = {**reader.extra, "encoder": encoder, "reader": dataset,
+             "clip_tokens": [m for m in modalities if whole_clip_tokens(encoders["teacher"][m])]}  # fmt: skip
     if weights:  # where the family's weights are: `predict --clip` loads the same ones
         extra["weights"] = str(Path(weights).resolve())
     fresh = not (resume and out.exists())
@@ -162,7 +171,7 @@ def run_extract(
             jobs = [refs[i] for i in todo]
             results = pool.imap(job, jobs, chunksize=4) if pool else map(job, jobs)
             try:
-                for i, (feats, present, why) in zip(todo, results):
+                for i, (feats, present, why, tokens, seconds) in zip(todo, results):
                     bar.update(1)
                     if not any(present):
                         if on_error == "raise":
@@ -170,7 +179,7 @@ def run_extract(
                                             "remove it from the split or fix its files")  # fmt: skip
                         writer.skip(i, why)  # left undone, with its reasons: a store sample needs a modality
                     else:
-                        writer.write(i, feats, present, why)  # buffered: written a storage chunk at a time
+                        writer.write(i, feats, present, why, tokens, seconds)  # buffered: a storage chunk at a time
                     processed += 1
                     fault_point("extract-sample")
             finally:

@@ -32,6 +32,7 @@ class DepthMotionMaps:
     z_range: tuple[float, float] = (0.375, 0.875)
     z_bins: int = 160
     foreground: float = 0.0  # depth above this is a measured pixel (0 is "no reading")
+    whole_clip_tokens = True  # each token is a view of the whole clip, not a time span (karmma.bursts)
 
     @property
     def num_tokens(self) -> int:

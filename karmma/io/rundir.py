@@ -90,6 +90,9 @@ def data_fingerprint(data: Any, samples: int = 32) -> str:
         h.update(json.dumps(fs.tasks, sort_keys=True).encode())
         h.update("\n".join(fs.ids).encode())
         _hash_array(h, fs.present)
+        for extra in (getattr(fs, "token_present", None), getattr(fs, "durations", None)):
+            if extra is not None:  # what older releases did not have leaves their fingerprints as they were
+                _hash_array(h, extra)
         for task in sorted(fs.labels):
             _hash_array(h, fs.labels[task])
         rows = np.unique(np.linspace(0, len(fs) - 1, num=min(samples, len(fs))).astype(np.int64))

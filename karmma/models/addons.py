@@ -42,6 +42,7 @@ class LossContext:
     alpha: float = 1.0
     temperature: float = 1.0
     distill_addons: bool = False  # distil the add-on's own outputs too (distill.unimodal)
+    mask: Any = None  # the step's presence mask in either form (karmma.presence); None: the whole one
     extra: dict[str, Any] = field(default_factory=dict)
 
 

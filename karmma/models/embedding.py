@@ -49,15 +49,19 @@ class ModalityEmbedding(nn.Module):
 
     def standardize(self, m: int, x: torch.Tensor, keep: torch.Tensor, scale: bool = True) -> torch.Tensor:
         """Stored tokens of modality ``m``, standardised (unless ``scale`` is False), zeros where
-        absent (``keep`` (B, 1, 1)). Absent values never reach the model, whatever they hold."""
+        absent (``keep`` (B, 1, 1), or (B, N, 1) per token). Absent values never reach the model, whatever they hold."""
         if scale:
             x = (x - getattr(self, f"input_mean_{m}")) / getattr(self, f"input_std_{m}")
         return torch.where(keep, x, torch.zeros((), dtype=x.dtype))
 
-    def forward(self, tokens: list[torch.Tensor], present: torch.Tensor) -> torch.Tensor:
-        """``tokens[m]``: encoded ``(B, N_m, D_m)``; ``present``: ``(B, M)`` bool -> ``(B, sum N_m, dim)``."""
+    def forward(
+        self, tokens: list[torch.Tensor], present: torch.Tensor, token_masks: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """``tokens[m]``: encoded ``(B, N_m, D_m)``; ``present``: ``(B, M)`` bool -> ``(B, sum N_m, dim)``.
+        With ``token_masks`` (``[(B, N_m)]``) an absent *slot* is filled as an absent modality's are."""
         out = []
         for m, (x, proj) in enumerate(zip(tokens, self.proj)):
-            h = self.missing.fill(proj(x), present[:, m, None, None])
+            keep = present[:, m, None, None] if token_masks is None else token_masks[m][..., None]
+            h = self.missing.fill(proj(x), keep)
             out.append(h + self.modality_tokens[m] + self.position_tokens[m])
         return torch.cat(out, dim=1)

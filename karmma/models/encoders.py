@@ -9,6 +9,10 @@ with ``from_config(spec, cfg)``; its ``__init__`` takes plain arguments. Two mor
 encoder with ``token_augment = False`` gets its tokens without ``augment.time_warp`` and
 ``augment.input_noise`` (images, not sequences); one with ``takes_presence = True`` is called as
 ``encoder(x, present)`` with the modality's (B,) presence.
+
+Presence per token (:mod:`karmma.presence`): an absent input token reaches the encoder as zeros,
+and :meth:`ModalityEncoder.token_mask` says which output tokens are present — by default the
+pooled-mask rule of :func:`karmma.presence.resample` when the token count changes.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from karmma.modalities import ModalitySpec, check_named_modalities
+from karmma.presence import resample
 from karmma.registries import ENCODERS
 
 
@@ -36,6 +41,10 @@ class ModalityEncoder(nn.Module):
 
     def out_spec(self) -> ModalitySpec:
         return self.spec
+
+    def token_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """The output tokens' presence ``(B, N')`` from the input tokens' ``(B, N)``."""
+        return resample(mask, self.out_spec().num_tokens)
 
 
 @ENCODERS.register("identity")

@@ -1,11 +1,11 @@
 """The KARMMA model, as the paper draws it (teacher and student share it; only sizes differ).
 
-    tokens[m] (B, N_m, D_m), present (B, M)
+    tokens[m] (B, N_m, D_m), present (B, M) — or per token (B, ΣN_m)         (karmma.presence)
       -> standardise (absent -> 0) -> encoder[m]                               (encode)
       -> ModalityEmbedding: projection + modality token + position tokens,
-         an absent modality's slots filled by the missing-modality strategy
+         an absent modality's (or token's) slots filled by the missing-modality strategy
       -> [CLS] + tokens -> fusion block
-      -> readers: the [CLS] output and each modality's mean output token       (fuse; forward_features)
+      -> readers: the [CLS] output and each modality's mean present output token (fuse; forward_features)
       -> multi-head MLP per reader, averaged -> {task: logits}                 (forward_head)
 
 Every part is an object chosen by name (``model.encoders``, ``model.missing``, ``model.fusion``)
@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from karmma import presence
 from karmma.config import ModelConfig
 from karmma.errors import ConfigError, DataError
 from karmma.modalities import ModalitySpec
@@ -84,31 +85,51 @@ class KARMMA(nn.Module):
     def modality_names(self) -> list[str]:
         return [s.name for s in self.specs]
 
-    def encode(self, tokens: Tokens, present: torch.Tensor, augment: Any = None) -> list[torch.Tensor]:
+    def encode(
+        self, tokens: Tokens, present: torch.Tensor, augment: Any = None, token_masks: list[torch.Tensor] | None = None
+    ) -> list[torch.Tensor]:
         """Each modality's standardised tokens (absent ones as zeros) through its encoder; in
         training, ``augment`` (the engine's pipeline) turns raw and standardised tokens."""
         out = []
         for m, (x, enc) in enumerate(zip(self._as_list(tokens), self._encoders())):
-            keep = present[:, m, None, None]
+            keep = present[:, m, None, None] if token_masks is None else token_masks[m][..., None]
             x = augment.raw(m, x) if augment is not None else x
             x = self.embed.standardize(m, x, keep, enc.standardize_inputs)
-            if augment is not None and enc.token_augment:
-                x = torch.where(keep, augment.tokens(x), x)
+            if augment is not None and enc.token_augment:  # (not where a modality is partial: no zeros warped in)
+                x = torch.where(keep if token_masks is None else keep.all(1, keepdim=True), augment.tokens(x), x)
             out.append(enc(x, present[:, m]) if enc.takes_presence else enc(x))
         return out
 
+    def presence(self, mask: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """A mask of either form -> (whole ``(B, M)``, per stored token ``[(B, N_m)]`` or None
+        when no modality is present for part of a clip)."""
+        return presence.normalize(mask, presence.counts_of(self.specs))
+
+    def encoded_masks(self, token_masks: list[torch.Tensor] | None) -> list[torch.Tensor] | None:
+        """The encoded tokens' presence, as each encoder maps its input tokens' (None stays None)."""
+        if token_masks is None:
+            return None
+        return [enc.token_mask(mk) for enc, mk in zip(self._encoders(), token_masks)]
+
     def forward_features(self, tokens: Tokens, present: torch.Tensor) -> torch.Tensor:
         """Readers ``(B, 1 + M, dim)``: the [CLS] output and each modality's mean output token."""
-        return self.fuse(self.encode(tokens, present), present)
+        whole, masks = self.presence(present)
+        return self.fuse(self.encode(tokens, whole, token_masks=masks), whole, self.encoded_masks(masks))
 
-    def fuse(self, encoded: list[torch.Tensor], present: torch.Tensor) -> torch.Tensor:
-        """The readers from the encoded tokens: embedding, [CLS] + fusion block, means."""
-        x = self.embed(encoded, present)
+    def fuse(
+        self, encoded: list[torch.Tensor], present: torch.Tensor, token_masks: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """The readers from the encoded tokens: embedding, [CLS] + fusion block, means (over the
+        present tokens of a modality present for part of the clip)."""
+        x = self.embed(encoded, present, token_masks)
         x = torch.cat([self.cls_token.expand(present.shape[0], -1, -1), x], dim=1)
-        x = self.fusion(x, self.missing.key_mask(present, self.embed.specs))
+        keys = self.missing.key_mask(present, self.embed.specs, token_masks) if token_masks is not None else (
+            self.missing.key_mask(present, self.embed.specs))  # fmt: skip
+        x = self.fusion(x, keys)
         readers, start = [x[:, 0]], 1
-        for s in self.embed.specs:
-            readers.append(x[:, start : start + s.num_tokens].mean(1))
+        for m, s in enumerate(self.embed.specs):
+            slots = x[:, start : start + s.num_tokens]
+            readers.append(presence.masked_mean(slots, None if token_masks is None else token_masks[m]))
             start += s.num_tokens
         return torch.stack(readers, dim=1)
 
@@ -119,15 +140,26 @@ class KARMMA(nn.Module):
     def forward(self, tokens: Tokens, present: torch.Tensor, with_features: bool = False,
                 with_unimodal: bool = False, *, augment: Any = None) -> Any:  # fmt: skip
         """A :class:`ModelOutput`: ``{task: logits}`` with ``.readers``, ``.encoded`` and the
-        add-ons' ``.extras`` — one call, so that a DDP wrapper synchronises every gradient."""
-        encoded = self.encode(tokens, present, augment)
-        fused_in = augment.encoded(encoded, present) if augment is not None else encoded
-        readers = self.fuse(fused_in, present)
-        out = ModelOutput(self.forward_head(readers, present), readers, encoded)
-        for addon in self.addon_list().values():
-            out = addon(out, present)
+        add-ons' ``.extras`` — one call, so that a DDP wrapper synchronises every gradient.
+        ``present``: ``(B, M)``, or ``(B, ΣN_m)`` per stored token (:mod:`karmma.presence`)."""
+        out = self.forward_presence(tokens, *self.presence(present), augment=augment)
         if with_features or with_unimodal:  # karmma 0.1's tuple, for one more release
             return legacy_tuple(self, out, with_features, with_unimodal)
+        return out
+
+    def forward_presence(self, tokens: Tokens, present: torch.Tensor, token_masks: list[torch.Tensor] | None,
+                         augment: Any = None) -> ModelOutput:  # fmt: skip
+        """The forward with the presence already split: whole ``(B, M)`` and per token (or None)."""
+        encoded = self.encode(tokens, present, augment, token_masks)
+        enc_masks = self.encoded_masks(token_masks)
+        if augment is None:
+            fused_in = encoded
+        else:  # a swap pairs samples whose modality is whole (a partial one's slots follow its own mask)
+            fused_in = augment.encoded(encoded, present, *([enc_masks] if enc_masks is not None else []))
+        readers = self.fuse(fused_in, present, enc_masks)
+        out = ModelOutput(self.forward_head(readers, present), readers, encoded, enc_masks)
+        for addon in self.addon_list().values():
+            out = addon(out, present)
         return out
 
     def upgrade_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -32,6 +32,7 @@ from karmma.losses import unimodal_ce, unimodal_kd
 from karmma.modalities import ModalitySpec, subset_index
 from karmma.models.addons import AddOn, LossContext
 from karmma.models.output import ModelOutput
+from karmma.presence import masked_mean, only
 from karmma.registries import ADDONS
 
 POOLS = ("product", "mixture")
@@ -84,23 +85,30 @@ class LateFusion(AddOn):
     def __init__(self, cfg: LateFusionConfig, dims: Sequence[int], tasks: Mapping[str, int]) -> None:
         super().__init__(cfg)
         self.heads = nn.ModuleList(UnimodalHead(d, tasks) for d in dims)
+        self.counts: list[int] = [1] * len(dims)  # set by build(): the stored tokens per modality
         start = starting_row(cfg.pool, cfg.ensemble, len(dims))
         self.weights = nn.Buffer(start.repeat(2 ** len(dims) - 1, 1)) if cfg.weights != "equal" else None
 
     @classmethod
     def build(cls, cfg, specs: Sequence[ModalitySpec], encoded: Sequence[ModalitySpec], tasks) -> LateFusion:
-        return cls(cfg, [e.dim for e in encoded], tasks)
+        addon = cls(cfg, [e.dim for e in encoded], tasks)
+        addon.counts = [s.num_tokens for s in specs]  # the stored tokens' counts (a per-token mask's layout)
+        return addon
 
-    def unimodal(self, encoded: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The heads' ``{task: (B, M, C)}`` logits over each modality's mean encoding."""
-        per = [head(e.mean(1)) for head, e in zip(self.heads, encoded)]
+    def unimodal(
+        self, encoded: Sequence[torch.Tensor], token_masks: Sequence[torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The heads' ``{task: (B, M, C)}`` logits over each modality's mean encoding (over its
+        present tokens, when ``token_masks`` says a modality is present for part of a clip)."""
+        masks = token_masks if token_masks is not None else [None] * len(encoded)
+        per = [head(masked_mean(e, mk)) for head, e, mk in zip(self.heads, encoded, masks)]
         return {task: torch.stack([o[task] for o in per], dim=1) for task in per[0]}
 
     def experts(self, out: ModelOutput) -> dict:
         """``out.extras["late_fusion"]``: the fused logits before late fusion and the heads' logits
         (computed once per output)."""
         if "late_fusion" not in out.extras:
-            out.extras["late_fusion"] = {"fused": out.logits, "heads": self.unimodal(out.encoded)}
+            out.extras["late_fusion"] = {"fused": out.logits, "heads": self.unimodal(out.encoded, out.token_masks)}
         return out.extras["late_fusion"]
 
     def forward(self, out: ModelOutput, present: torch.Tensor) -> ModelOutput:
@@ -117,8 +125,8 @@ class LateFusion(AddOn):
         heads = out.extras["late_fusion"]["heads"]
         aux = unimodal_ce(heads, ctx.labels, present, ctx.label_smoothing)
         if ctx.distill_addons and ctx.teacher is not None:
-            singles = torch.eye(present.shape[1], dtype=torch.bool, device=present.device)
-            t = [ctx.teacher(row.expand_as(present)) for row in singles]  # each modality alone
+            step = ctx.mask if ctx.mask is not None else present  # per token when a modality is partial
+            t = [ctx.teacher(only(step, m, self.counts)) for m in range(present.shape[1])]  # each modality alone
             teacher = {k: torch.stack([o[k] for o in t], dim=1) for k in t[0]}
             kd = unimodal_kd(heads, teacher, present, ctx.temperature)
             aux = ctx.alpha * aux + (1.0 - ctx.alpha) * kd

@@ -3,9 +3,12 @@
 A strategy has three hooks, each given the per-sample presence mask:
 
 * ``fill(h, keep)``: the projected tokens ``h`` (B, N_m, dim) of one modality, with ``keep``
-  (B, 1, 1) True where it is present -> the tokens to which the learned modality and position
+  (B, 1, 1) True where it is present — or (B, N_m, 1), per slot, when a modality is present for
+  part of a clip only -> the tokens to which the learned modality and position
   tokens are then added;
-* ``key_mask(present, specs)``: (B, 1 + sum N_m) bool, True = may be attended to, or None;
+* ``key_mask(present, specs, token_masks=None)``: (B, 1 + sum N_m) bool, True = may be attended
+  to, or None; ``token_masks`` (per-token presence of the encoded tokens, [(B, N_m)]) when a
+  modality is present for part of a clip only;
 * ``reader_weights(present, head_average)``: (B, 1 + M) weights of the [CLS] and per-modality
   readers in the head average.
 
@@ -29,7 +32,9 @@ class MissingStrategy(nn.Module):
     def fill(self, h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         return torch.where(keep, h, torch.zeros((), dtype=h.dtype))
 
-    def key_mask(self, present: torch.Tensor, specs: list[ModalitySpec]) -> torch.Tensor | None:
+    def key_mask(
+        self, present: torch.Tensor, specs: list[ModalitySpec], token_masks: list[torch.Tensor] | None = None
+    ) -> torch.Tensor | None:
         return None
 
     def reader_weights(self, present: torch.Tensor, head_average: str) -> torch.Tensor:
@@ -55,9 +60,11 @@ class ZeroFill(MissingStrategy):
 class AttentionMask(MissingStrategy):
     """Baseline: absent slots are masked out of attention and of the head average."""
 
-    def key_mask(self, present: torch.Tensor, specs: list[ModalitySpec]) -> torch.Tensor:
-        slots = [present[:, m : m + 1].expand(-1, s.num_tokens) for m, s in enumerate(specs)]
-        return torch.cat([torch.ones_like(present[:, :1])] + slots, dim=1)
+    def key_mask(
+        self, present: torch.Tensor, specs: list[ModalitySpec], token_masks: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        slots = token_masks or [present[:, m : m + 1].expand(-1, s.num_tokens) for m, s in enumerate(specs)]
+        return torch.cat([torch.ones_like(present[:, :1])] + list(slots), dim=1)
 
     def reader_weights(self, present: torch.Tensor, head_average: str) -> torch.Tensor:
         return super().reader_weights(present, "present")

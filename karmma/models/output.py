@@ -3,6 +3,8 @@
 
 * ``readers`` ``(B, 1 + M, dim)``: the [CLS] output and each modality's mean output token;
 * ``encoded``: each modality's encoder output (before any train-time swap);
+* ``token_masks``: the encoded tokens' presence ``[(B, N_m)]`` when a modality is present for
+  part of a clip only (None otherwise: the whole mask says everything);
 * ``extras``: ``{add-on: what it computed}``, e.g. the late fusion's unimodal logits.
 """
 
@@ -19,18 +21,26 @@ from karmma.errors import DataError
 class ModelOutput(dict):
     readers: torch.Tensor
     encoded: list[torch.Tensor]
+    token_masks: list[torch.Tensor] | None
     extras: dict[str, Any]
 
-    def __init__(self, logits: dict[str, torch.Tensor], readers: torch.Tensor, encoded: list[torch.Tensor]) -> None:
+    def __init__(
+        self,
+        logits: dict[str, torch.Tensor],
+        readers: torch.Tensor,
+        encoded: list[torch.Tensor],
+        token_masks: list[torch.Tensor] | None = None,
+    ) -> None:
         super().__init__(logits)
         self.readers, self.encoded, self.extras = readers, encoded, {}
+        self.token_masks = token_masks
 
     @property
     def logits(self) -> dict[str, torch.Tensor]:
         return dict(self)
 
     def replace_logits(self, logits: dict[str, torch.Tensor]) -> ModelOutput:
-        out = ModelOutput(logits, self.readers, self.encoded)
+        out = ModelOutput(logits, self.readers, self.encoded, self.token_masks)
         out.extras = dict(self.extras)
         return out
 

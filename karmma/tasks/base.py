@@ -82,8 +82,9 @@ class Task(nn.Module):
         out = self.part("model")(batch.tokens, mask, augment=augment)
         ctx = ctx if ctx is not None else LossContext(batch.labels)
         aux: dict[str, torch.Tensor] = {}
+        whole = self.model.presence(mask)[0]  # add-ons take the whole-modality mask (out.token_masks: per token)
         for addon in self.model.addon_list().values():
-            for key, value in addon.losses(out, mask, ctx).items():
+            for key, value in addon.losses(out, whole, ctx).items():
                 aux[key] = aux[key] + value if key in aux else value
         return out, aux
 

@@ -53,7 +53,7 @@ class FeatureDistillationTask(LogitDistillationTask):
         s_readers = logits.readers
         with torch.no_grad():
             # the teacher's output as it predicts (late-fused where its late-fusion add-on ensembles)
-            t_logits = self.teacher(batch.teacher_tokens, mask)
+            t_logits = self.teacher(batch.teacher_tokens, self.teacher_mask(batch, mask))
             t_readers = F.layer_norm(t_logits.readers, t_logits.readers.shape[-1:])
         ce = multitask_ce(logits, batch.labels)
         kd = torch.stack([kd_kl(logits[k], t_logits[k], self.temperature) for k in logits]).mean()

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import karmma.data.store
+import karmma.data.store_format
 from karmma.cli import main
 from karmma.data.order import epoch_order
 from karmma.data.sources import load_paired
@@ -42,7 +43,7 @@ def test_per_sample_writes_are_buffered_per_chunk_and_equal_a_bulk_write(tmp_pat
     feats, present = _samples(n)
     for m, x in enumerate(feats.values()):
         x[~present[:, m]] = 0.0  # absent: zeros, as a per-sample write leaves them
-    monkeypatch.setattr(karmma.data.store_writer, "CHUNK_BYTES", 4 * 64 * 4 * 16)  # 16 samples per chunk
+    monkeypatch.setattr(karmma.data.store_format, "CHUNK_BYTES", 4 * 64 * 4 * 16)  # 16 samples per chunk
     with _writer(tmp_path / "bulk.h5", n) as w:
         w.write_all({"teacher": feats}, present)
     chunk_writes = []

@@ -46,18 +46,39 @@ class Framing:
         return 0 if run < self.width else (run - self.width) // self.hop + 1
 
 
-def audio_chunks(path: str | Path, rate: int, start_s: float = 0.0, end_s: float | None = None) -> Iterator[np.ndarray]:
+def audio_chunks(
+    path: str | Path,
+    rate: int,
+    start_s: float = 0.0,
+    end_s: float | None = None,
+    gaps: list[tuple[int, int]] | None = None,
+) -> Iterator[np.ndarray]:
     """float32 mono chunks of the container's first audio track, resampled to ``rate``, over
     [start_s, end_s): concatenated, exactly the samples :func:`karmma.data.media.decode.read_audio`
-    returns. Raises :class:`~karmma.data.media.decode.NoStream` when there is no audio track."""
+    returns. Raises :class:`~karmma.data.media.decode.NoStream` when there is no audio track.
+
+    With a ``gaps`` list, a jump in the frames' timestamps (or a track starting late) of more than
+    :data:`~karmma.data.media.failures.AUDIO_GAP_S` is filled with zeros, and each filled stretch
+    is appended to ``gaps`` as ``(start, stop)`` samples of the chunks' concatenation (placed to
+    within the resampler's few samples of latency). Without it, the track is read as it is."""
     import av
 
     from karmma.data.media.container import NoStream, _open
+    from karmma.data.media.failures import AUDIO_GAP_S
 
     path = Path(path)
     first_t: float | None = None
     seen = 0  # resampled samples so far, from the first decoded frame
     a = b = 0
+    out_n = 0  # samples yielded so far
+    expect: float | None = None  # where the next frame should start (s), from the last one
+
+    def silence(seconds: float) -> np.ndarray:  # zeros for a stretch the track skips, recorded in gaps
+        x = keep(np.zeros(int(round(seconds * rate)), np.float32))
+        if len(x) and gaps is not None:
+            gaps.append((out_n, out_n + len(x)))
+        return x
+
     with _open(path) as c:
         if not c.streams.audio:
             raise NoStream(path, "no audio track")
@@ -74,19 +95,33 @@ def audio_chunks(path: str | Path, rate: int, start_s: float = 0.0, end_s: float
             if start_s > 0:
                 c.seek(int(start_s / stream.time_base), stream=stream, backward=True)
             for frame in c.decode(stream):
+                gap = 0.0
                 if first_t is None:
-                    first_t = frame.time or 0.0
-                    a = max(0, int(round((start_s - first_t) * rate)))
-                    b = math.inf if end_s is None else max(a, int(round((end_s - first_t) * rate)))
+                    first_t = origin = frame.time or 0.0
+                    if gaps is not None and first_t - max(0.0, start_s) > AUDIO_GAP_S:  # starts late: silence first
+                        origin, gap = max(0.0, start_s), first_t - max(0.0, start_s)
+                    a = max(0, int(round((start_s - origin) * rate)))
+                    b = math.inf if end_s is None else max(a, int(round((end_s - origin) * rate)))
+                elif gaps is not None and frame.time is not None and expect is not None:
+                    gap = frame.time - expect if frame.time - expect > AUDIO_GAP_S else 0.0
+                if gap:
+                    x = silence(gap)
+                    if len(x):
+                        out_n += len(x)
+                        yield x
+                if frame.time is not None and frame.sample_rate:
+                    expect = frame.time + frame.samples / frame.sample_rate
                 for out in resampler.resample(frame):
                     x = keep(out.to_ndarray().reshape(-1).astype(np.float32, copy=False))
                     if len(x):
+                        out_n += len(x)
                         yield x
                 if end_s is not None and frame.time is not None and frame.time > end_s:
                     break
             for out in resampler.resample(None):
                 x = keep(out.to_ndarray().reshape(-1).astype(np.float32, copy=False))
                 if len(x):
+                    out_n += len(x)
                     yield x
         except av.FFmpegError as e:
             raise DataError(f"{path}: audio decoding failed ({e}); re-encode the audio track") from e
@@ -216,13 +251,29 @@ def pooled_group(framing: Framing, rate: int, duration_s: float | None, bound: i
 def clip_audio_features(path: str | Path, framing: Framing, rate: int, duration_s: float | None) -> np.ndarray:
     """The clip's audio track through ``framing``, at most :data:`karmma.limits.AUDIO_FRAMES`
     frames (consecutive frames averaged for a longer clip); decoded in a stream."""
+    return clip_audio(path, framing, rate, duration_s)[0]
+
+
+def clip_audio(
+    path: str | Path, framing: Framing, rate: int, duration_s: float | None, clip_s: float | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(features, valid) of the clip's audio track through ``framing``: at most
+    :data:`karmma.limits.AUDIO_FRAMES` frames (consecutive frames averaged for a longer clip),
+    decoded in a stream. Jumps in the track's timestamps are zero-filled, and a track ending more
+    than :data:`~karmma.data.media.failures.AUDIO_SHORT_S` before ``clip_s`` (the clip's length)
+    is padded with silence up to it; ``valid`` (frames,) is False on the frames those cover (an
+    averaged frame: on half of its frames or more), None when the track covers the clip."""
+    from karmma.data.media.failures import AUDIO_SHORT_S, TO_END, audio_coverage, pooled_valid
     from karmma.limits import AUDIO_FRAMES
 
     bound = AUDIO_FRAMES.value()
+    if clip_s and duration_s and clip_s - duration_s > AUDIO_SHORT_S:  # declared short: pooled to the clip's end
+        duration_s = clip_s
     pool = FramePool(bound, pooled_group(framing, rate, duration_s, bound))
     stream = FrameStream(framing)
     samples = 0
-    for x in audio_chunks(path, rate):
+    gaps: list[tuple[int, int]] = []  # zero-filled sample spans
+    for x in audio_chunks(path, rate, gaps=gaps):
         samples += len(x)
         for block in stream.push(x):
             pool.add(block)
@@ -230,12 +281,31 @@ def clip_audio_features(path: str | Path, framing: Framing, rate: int, duration_
         from karmma.data.media.container import NoStream
 
         raise NoStream(Path(path), f"an empty audio track ({samples} sample(s))")
+    pad = audio_coverage(int(round(clip_s * rate)), samples, rate) if clip_s else 0
+    if pad:
+        gaps.append((samples, TO_END))
+    for i in range(0, pad, 1 << 20):  # silence up to the clip's end, a bounded block at a time
+        for block in stream.push(np.zeros(min(1 << 20, pad - i), np.float32)):
+            pool.add(block)
+    samples += pad
     for block in stream.finish():
         pool.add(block)
     if pool.group > 1:
         log.info("%s: %d audio frames averaged in groups of %d (bound %d, %s)", path, pool.frames, pool.group, bound,
                  AUDIO_FRAMES.env)  # fmt: skip
-    return pool.result()
+    valid = None
+    if gaps:
+        valid = pooled_valid(frames_valid(framing, pool.frames, gaps), pool.group)
+    return pool.result(), valid
+
+
+def frames_valid(framing: Framing, n: int, spans) -> np.ndarray:
+    """(n,) bool: frame i of ``framing`` is valid unless its centre sample lies in one of
+    ``spans`` (``(start, stop)`` samples that are not the track's own: zero-filled)."""
+    from karmma.data.media.failures import in_spans
+
+    centre = np.arange(n) * framing.hop + framing.offset + framing.width // 2 - framing.pad
+    return ~in_spans(centre, spans)
 
 
 def log_mel_framing(rate: int, bands: int, window_s: float, hop_s: float, n_fft: int) -> Framing:

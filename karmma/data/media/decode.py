@@ -35,6 +35,15 @@ def video_info(path: str | Path) -> tuple[float, tuple[int, int]]:
         return float(s.average_rate or s.guessed_rate or 0), (s.codec_context.height, s.codec_context.width)
 
 
+class Video(NamedTuple):
+    """Decoded frames (T, H, W, 3) uint8, which of them the decoder flagged corrupt ((T,) bool:
+    undecodable, concealed), and the file's seconds (:func:`clip_duration`; None if undeclared)."""
+
+    frames: np.ndarray
+    undecodable: np.ndarray
+    duration: float | None
+
+
 def read_video(
     path: str | Path,
     size: tuple[int, int] | None = (112, 112),
@@ -44,16 +53,30 @@ def read_video(
 ) -> np.ndarray:
     """(T, H, W, 3) uint8 RGB frames whose time lies in [start_s, end_s), resized to ``size``
     (H, W). A longer span is read at a stride so that at most ``max_frames`` come back."""
+    return decode_video(path, size, max_frames, start_s, end_s).frames
+
+
+def decode_video(
+    path: str | Path,
+    size: tuple[int, int] | None = (112, 112),
+    max_frames: int = 10_000,
+    start_s: float = 0.0,
+    end_s: float | None = None,
+) -> Video:
+    """:func:`read_video`'s frames, with the frames the decoder flagged corrupt and the stream's length."""
     import av
 
     path = Path(path)
     frames: list[np.ndarray] = []
+    corrupt: list[bool] = []
     with _open(path) as c:
         if not c.streams.video:
             raise NoStream(path, "no video stream")
         stream = c.streams.video[0]
         stream.thread_type = "AUTO"
         fps = float(stream.average_rate or stream.guessed_rate or 30)
+        known = [d for d in (_video_duration(stream), float(c.duration) / 1e6 if c.duration else None) if d]
+        duration = max(known) if known else None  # as clip_duration: the longer of stream and container
         step = 1
         if end_s is not None:
             step = max(1, math.ceil((end_s - start_s) * fps / max_frames))
@@ -70,6 +93,7 @@ def read_video(
                 if seen % step == 0:
                     kw = {"width": size[1], "height": size[0]} if size else {}
                     frames.append(frame.to_ndarray(format="rgb24", **kw))
+                    corrupt.append(bool(getattr(frame, "is_corrupt", False)))
                     if len(frames) >= max_frames:
                         break
                 seen += 1
@@ -82,7 +106,7 @@ def read_video(
             "re-encode it (e.g. ffmpeg -i in -c:v libx264 out.mp4)",
             len(frames),
         )
-    return np.stack(frames)
+    return Video(np.stack(frames), np.array(corrupt, bool), duration)
 
 
 def read_audio(
@@ -91,13 +115,44 @@ def read_audio(
     """(samples,) float32 mono audio of the container's first audio track, resampled to ``rate``,
     over [start_s, end_s). Raises :class:`NoStream` when there is no audio track. Decoded in a
     stream: only the samples of the span are held (:func:`~karmma.data.media.audio_stream.audio_chunks`)."""
+    return _audio(path, rate, start_s, end_s, None)
+
+
+def read_audio_covered(
+    path: str | Path, rate: int = AUDIO_RATE, start_s: float = 0.0, end_s: float | None = None,
+    clip_s: float | None = None,
+) -> tuple[np.ndarray, list[tuple[int, int]]]:  # fmt: skip
+    """:func:`read_audio` over [start_s, end_s) with the track's failures filled, and the filled
+    ``(start, stop)`` sample spans: jumps in its timestamps are zero-filled
+    (:func:`~karmma.data.media.audio_stream.audio_chunks`), and a track ending early — short of
+    ``end_s - start_s``, or of ``clip_s`` seconds without ``end_s`` — is padded with silence
+    (:func:`~karmma.data.media.failures.pad_audio`). Without failures: :func:`read_audio`'s samples."""
+    from karmma.data.media.failures import pad_audio
+
+    gaps: list[tuple[int, int]] = []
+    x = _audio(path, rate, start_s, end_s, gaps)
+    length = end_s - start_s if end_s is not None else clip_s
+    x, padding = pad_audio(x, None if length is None else int(round(length * rate)), rate)
+    return x, gaps + padding
+
+
+def _audio(path: str | Path, rate: int, start_s: float, end_s: float | None, gaps: list | None) -> np.ndarray:
     from karmma.data.media.audio_stream import audio_chunks
 
-    chunks = list(audio_chunks(Path(path), rate, start_s, end_s))
+    chunks = list(audio_chunks(Path(path), rate, start_s, end_s, gaps))
     x = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     if len(x) < 2:
         raise DataError(f"{path}: the audio track has {len(x)} sample(s) in [{start_s:.2f}, {end_s}) s")
     return x
+
+
+def clip_duration(path: str | Path) -> float | None:
+    """Seconds of a media file: the longer of its video stream's and its container's declared
+    lengths (None when neither is declared)."""
+    with _open(Path(path)) as c:
+        known = [d for d in (_video_duration(c.streams.video[0]) if c.streams.video else None,
+                             float(c.duration) / 1e6 if c.duration else None) if d]  # fmt: skip
+    return max(known) if known else None
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
@@ -167,11 +222,16 @@ def _video_duration(stream) -> float | None:
 
 class Clip(NamedTuple):
     """A decoded raw clip: ``frames`` uint8 (T, H, W, 3) or None, ``audio`` the audio track through
-    the caller's framing, (frames, F) float32, or None; ``absent``: why "video"/"audio" is missing."""
+    the caller's framing, (frames, F) float32, or None; ``absent``: why "video"/"audio" is missing;
+    ``undecodable`` (T,) bool: frames the decoder flagged corrupt (None: none); ``audio_valid``
+    (frames,) bool: audio frames the track covers (None: all of them); ``duration``: seconds."""
 
     frames: np.ndarray | None
     audio: np.ndarray | None
     absent: dict[str, str]
+    undecodable: np.ndarray | None = None
+    audio_valid: np.ndarray | None = None
+    duration: float | None = None
 
 
 def decode_clip(
@@ -180,7 +240,8 @@ def decode_clip(
     """A raw clip for prediction: a video file or a folder of frame images in name order (no audio).
     At most ``max_frames`` frames (and :data:`karmma.limits.CLIP_FRAMES`), spread over the clip;
     with ``audio``, the audio track at 24 kHz through that framing, decoded in a stream and kept to
-    :data:`karmma.limits.AUDIO_FRAMES` frames (:func:`~karmma.data.media.audio_stream.clip_audio_features`).
+    :data:`karmma.limits.AUDIO_FRAMES` frames (:func:`~karmma.data.media.audio_stream.clip_audio`):
+    a track ending early is padded with silence to the clip's length, and ``audio_valid`` says where.
 
     Without ``audio``, a clip with no usable video stream raises (:class:`NoStream`,
     :class:`TooFewFrames`). With it, a missing (or 1-frame) video stream or a missing audio track is
@@ -204,7 +265,9 @@ def decode_clip(
         audio_span = float(a.duration * a.time_base) if a is not None and a.duration and a.time_base else None
     if not streams["video"] and not streams["audio"]:
         raise DataError(f"{path}: has no video stream and no audio track; give a video or audio file")
-    frames, feats, absent = None, None, {}
+    # the clip's length: what an audio track ending early is padded to (a clip with a video stream)
+    clip_s = max((d for d in (span, duration) if d), default=None)
+    frames, undecodable, feats, audio_valid, absent = None, None, None, None, {}
     if not streams["video"]:
         if audio is None and video:
             raise NoStream(path, "no video stream")
@@ -212,20 +275,22 @@ def decode_clip(
     elif video:
         try:
             try:
-                frames = read_video(path, size, max_frames, 0.0, span or duration)
+                decoded = decode_video(path, size, max_frames, 0.0, span or duration)
             except TooFewFrames:  # a short video in a longer container (audio): its frames from the start
-                frames = read_video(path, size, max_frames)
+                decoded = decode_video(path, size, max_frames)
+            frames, undecodable = decoded.frames, decoded.undecodable
         except (NoStream, TooFewFrames) as e:
             if audio is None:
                 raise
             absent["video"] = e.what
     if audio is not None:
-        from karmma.data.media.audio_stream import clip_audio_features
+        from karmma.data.media.audio_stream import clip_audio
 
         try:
-            feats = clip_audio_features(path, audio, AUDIO_RATE, audio_span or duration)
+            feats, audio_valid = clip_audio(path, audio, AUDIO_RATE, audio_span or duration,
+                                            clip_s if streams["video"] else None)  # fmt: skip
         except NoStream as e:
             if frames is None and (video or not streams["video"]):
                 raise DataError(f"{path}: has {absent['video']} and {e.what}; nothing to predict from") from e
             absent["audio"] = e.what
-    return Clip(frames, feats, absent)
+    return Clip(frames, feats, absent, undecodable, audio_valid, clip_s)

@@ -21,6 +21,9 @@ at stride 2: rgb frame ``f`` pairs with flow frame ``(f - 1) // 2 + 1``; extensi
 
 Missing media never stops a run: that modality is absent for the segment, with the reason
 counted in the extraction summary. A corrupt file follows ``--on-error`` (default here: absent).
+Failures inside a segment are marked in ``Raw.valid`` (:mod:`karmma.data.media.failures`): black,
+frozen (or, from the video, corrupt) rgb frames and the flow steps computed on them, audio the
+track does not cover (a timestamp gap, a track ending before the segment does, padded with silence).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from karmma.data.clips import FRAME_SIZE, NUM_FRAMES, clip_raw, epic_clip
-from karmma.data.media.decode import AUDIO_RATE, MEL_BANDS, log_mel, read_audio, read_image, read_video
+from karmma.data.media.decode import AUDIO_RATE, MEL_BANDS, decode_video, log_mel, read_audio_covered, read_image
 from karmma.data.readers import epic
 from karmma.data.readers.base import READERS, DatasetReader, Kind, Raw, SampleRef, or_absent
 from karmma.errors import DataError
@@ -125,6 +128,29 @@ class FrameSource:
         return read_image(data, size, grey, name=where)
 
 
+def frame_rgb(frames: np.ndarray, picks: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Frame files (T, H, W, 3) uint8 read at frame numbers ``picks`` -> rgb in [0, 1] and which
+    are valid (None: all): a black frame is zeros and invalid, a frozen one (a repeat of the frame
+    file before it, a frame read twice not counting) invalid (:mod:`karmma.data.media.failures`)."""
+    from karmma.data.media.failures import frame_failures
+
+    valid, blank = frame_failures(frames, sources=picks)
+    rgb = frames.astype(np.float32) / 255.0
+    rgb[blank] = 0.0
+    return rgb, None if valid.all() else valid
+
+
+def mel_covered(n: int, spans) -> np.ndarray | None:
+    """Which of ``n`` log-mel frames the audio track covers (None: all); ``spans``: filled samples."""
+    from karmma.data.media.audio_stream import frames_valid, log_mel_framing
+    from karmma.data.media.decode import MEL_HOP_S, MEL_NFFT, MEL_WINDOW_S
+
+    if not spans:
+        return None
+    valid = frames_valid(log_mel_framing(AUDIO_RATE, MEL_BANDS, MEL_WINDOW_S, MEL_HOP_S, MEL_NFFT), n, spans)
+    return None if valid.all() else valid
+
+
 def flow_image(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """EPIC flow JPEGs (uint8, 128 = still) -> (H, W, 3) float32: u, v in px and magnitude."""
     uv = np.stack([u, v], -1).astype(np.float32) * (2 * FLOW_BOUND / 255.0) - FLOW_BOUND
@@ -194,6 +220,7 @@ class EpicReader(DatasetReader):
         video = self._video(seg)
         what = f"segment {seg.narration_id} ({seg.video_id}, frames {seg.start_frame}-{seg.stop_frame})"
         raw, span = Raw(), ((max(1, seg.start_frame) - 1) / fps, seg.stop_frame / fps)
+        raw.duration = span[1] - span[0]
         picks = or_absent(lambda: sample_frames(seg.start_frame, seg.stop_frame, where=what), on_error, what, raw, "_")
         if picks is None:  # no frame range: nothing of the segment can be read
             why = raw.absent.pop("_")
@@ -205,18 +232,23 @@ class EpicReader(DatasetReader):
                                     if m in modalities and not src.exists())  # fmt: skip
         if video is not None and from_frames_missing:  # decode the video only for what the frames lack
             tmp = Raw()
-            decoded = or_absent(lambda: read_video(video, FRAME_SIZE, 2 * NUM_FRAMES, *span), on_error,
+            decoded = or_absent(lambda: decode_video(video, FRAME_SIZE, 2 * NUM_FRAMES, *span), on_error,
                                 f"the video of {what}", tmp, "video")  # fmt: skip
             why_video = tmp.absent.get("video", "")
-        from_video = clip_raw(decoded, None, from_frames_missing)
+        frames_v, bad = (None, None) if decoded is None else (decoded.frames, decoded.undecodable)
+        from_video = clip_raw(frames_v, None, from_frames_missing, bad)
         if "rgb" in modalities:
             if rgb_src.exists():
                 frames = or_absent(lambda: np.stack([rgb_src.read(frame_name(i), FRAME_SIZE) for i in picks]),
                                    on_error, f"the rgb frames of {what}", raw, "rgb")  # fmt: skip
                 if frames is not None:
-                    raw["rgb"] = frames.astype(np.float32) / 255.0
+                    raw["rgb"], valid = frame_rgb(frames, picks)
+                    if valid is not None:
+                        raw.valid["rgb"] = valid
             elif "rgb" in from_video:
                 raw["rgb"] = from_video["rgb"]
+                if "rgb" in from_video.valid:
+                    raw.valid["rgb"] = from_video.valid["rgb"]
             else:
                 raw.absent["rgb"] = f"no rgb frames; {why_video}"
         if "flow" in modalities:
@@ -230,14 +262,19 @@ class EpicReader(DatasetReader):
                     raw["flow"] = flow
             elif "flow" in from_video:
                 raw["flow"] = from_video["flow"]
+                if "flow" in from_video.valid:
+                    raw.valid["flow"] = from_video.valid["flow"]
             else:
                 raw.absent["flow"] = f"no flow frames; {why_video}"
         if "audio" in modalities:
             if video is None:
                 raw.absent["audio"] = "no video file (audio is read from its track)"
             else:
-                audio = or_absent(lambda: read_audio(video, AUDIO_RATE, *span), on_error, f"the audio of {what}",
-                                  raw, "audio")  # fmt: skip
+                audio = or_absent(lambda: read_audio_covered(video, AUDIO_RATE, *span), on_error,
+                                  f"the audio of {what}", raw, "audio")  # fmt: skip
                 if audio is not None:
-                    raw["audio"] = log_mel(audio, AUDIO_RATE)
+                    raw["audio"] = log_mel(audio[0], AUDIO_RATE)
+                    valid = mel_covered(len(raw["audio"]), audio[1])
+                    if valid is not None:
+                        raw.valid["audio"] = valid
         return raw

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from karmma.data.clips import FRAME_SIZE, NUM_FRAMES, clip_raw, ssv2_clip
-from karmma.data.media.decode import read_video, video_info
+from karmma.data.media.decode import decode_video, video_info
 from karmma.data.readers import ssv2
 from karmma.data.readers.base import READERS, DatasetReader, Kind, Raw, SampleRef, or_absent
 from karmma.errors import DataError
@@ -122,9 +122,14 @@ class SSv2Reader(DatasetReader):
             raw.absent.update({m: "no video file" for m in modalities})
         elif "rgb" in modalities or "flow" in modalities:
             tmp = Raw()
-            decoded = or_absent(lambda: read_video(path, FRAME_SIZE, 2 * NUM_FRAMES), on_error, what, tmp, "video")
+            decoded = or_absent(lambda: decode_video(path, FRAME_SIZE, 2 * NUM_FRAMES), on_error, what, tmp, "video")
             raw.absent.update({m: tmp.absent["video"] for m in ("rgb", "flow") if "video" in tmp.absent})
-        raw.update(clip_raw(decoded, None, tuple(m for m in modalities if m != "detections")))
+        if decoded is not None:  # failed frames in valid (karmma.data.media.failures), the video's length
+            video = clip_raw(decoded.frames, None, tuple(m for m in modalities if m != "detections"),
+                             decoded.undecodable)  # fmt: skip
+            raw.update(video)
+            raw.valid.update(video.valid)
+            raw.duration = decoded.duration
         if "detections" in modalities and path.is_file():
             if ref.id not in self.boxes:
                 raw.absent["detections"] = "no boxes for this video" if self.boxes_path else "no --boxes given"

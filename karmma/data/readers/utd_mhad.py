@@ -6,7 +6,12 @@ recognition utilizing a depth camera and a wearable inertial sensor", ICIP 2015)
 ``d_depth`` (240x320xT uint16, mm), ``d_iner`` (Tx6: 3-axis accelerometer in g, 3-axis gyroscope
 in deg/s) and ``d_skel`` (20x3xT). Standard cross-subject split: odd subjects train, even test.
 
-A clip may lack any modality file: it is then recorded absent, never invented.
+A clip may lack any modality file: it is then recorded absent, never invented. Failures inside a
+clip are marked in ``Raw.valid`` (:mod:`karmma.data.media.failures`): a black (all-zero) or frozen
+depth frame, and the flow steps touching one; an inertial or skeleton row holding NaN/Inf (the last
+good row held in its place). The files carry no timestamps: a stall between rows is not seen.
+``Raw.duration``: the depth (or skeleton) frames at :data:`KINECT_FPS`, else the inertial rows at
+:data:`INERTIAL_HZ`.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import cv2
 import numpy as np
 import scipy.io
 
-from karmma.data.readers.base import READERS, DatasetReader, Kind, SampleRef, or_absent
+from karmma.data.readers.base import READERS, DatasetReader, Kind, Raw, SampleRef, or_absent
 from karmma.errors import DataError
 
 ACTIONS = [
@@ -90,7 +95,9 @@ def list_clips(root: str | Path, split: str = "all") -> list[Clip]:
 
 
 def load_modality(path: str | Path, modality: str) -> np.ndarray:
-    """The array of one .mat file, checked: depth (H, W, T), inertial (T, 6), skeleton (20, 3, T)."""
+    """The array of one .mat file, checked: depth (H, W, T), inertial (T, 6), skeleton (20, 3, T).
+    NaN/Inf in depth is refused (a corrupt file); in an inertial or skeleton file it marks the rows
+    the sensor lost (:meth:`UTDMHADReader.load` holds the last good row there), unless no row is left."""
     path = Path(path)
     key = FOLDERS[modality][1]
     try:
@@ -112,14 +119,20 @@ def load_modality(path: str | Path, modality: str) -> np.ndarray:
     if not ok:
         want = {"depth": "(H, W, T>=2)", "inertial": "(T>=2, 6)", "skeleton": "(20, 3, T>=2)"}[modality]
         raise DataError(f"{path}: {key} has shape {x.shape}, expected {want}")
-    if not np.isfinite(x).all():
-        raise DataError(f"{path}: {key} holds NaN/Inf values; the file is corrupt")
+    finite = np.isfinite(x)
+    if not finite.all():
+        rows = finite.all(axis=(0, 1)) if modality == "skeleton" else finite.all(axis=1)  # per time step
+        if modality == "depth" or not rows.any():
+            where = "" if modality == "depth" else " in every row"
+            raise DataError(f"{path}: {key} holds NaN/Inf values{where}; the file is corrupt")
     return x
 
 
 DEPTH_SIZE = (60, 80)  # depth frames are resized to this (H, W) for the optical flow
 DEPTH_SCALE = 4000.0  # mm -> roughly [0, 1]
 GYRO_SCALE = 200.0  # deg/s -> roughly [-1, 1]
+KINECT_FPS = 30.0  # depth and skeleton frames per second (Kinect v1; Chen et al. 2015)
+INERTIAL_HZ = 50.0  # inertial rows per second (the wearable sensor's rate; Chen et al. 2015)
 
 
 @READERS.register("utd_mhad")
@@ -144,12 +157,14 @@ class UTDMHADReader(DatasetReader):
     def tasks(self, refs: list[SampleRef]) -> tuple[dict[str, int], dict[str, list[str]]]:
         return {"action": len(ACTIONS)}, {"action": ACTIONS}
 
-    def load(self, ref: SampleRef, modalities: tuple[str, ...], on_error: str) -> dict[str, np.ndarray]:
-        """Decoded, scaled raw inputs of one clip."""
+    def load(self, ref: SampleRef, modalities: tuple[str, ...], on_error: str) -> Raw:
+        """Decoded, scaled raw inputs of one clip, with its failed steps in ``valid``."""
+        from karmma.data.media.failures import frame_failures, signal_gaps, step_valid
         from karmma.data.media.flow import flow_with_magnitude, to_uint8
 
         clip: Clip = ref.source
-        out: dict[str, np.ndarray] = {}
+        out = Raw()
+        lengths: dict[str, float] = {}  # seconds, by the modality that gave it
 
         def load(name: str) -> np.ndarray | None:
             if name not in clip.files:
@@ -158,21 +173,40 @@ class UTDMHADReader(DatasetReader):
 
         if "depth" in modalities or "flow" in modalities:
             depth = load("depth")
+            if depth is not None:
+                lengths["depth"] = depth.shape[2] / KINECT_FPS
+                # black: all (or nearly all) zero in mm; frozen: a repeat of the frame before (failures)
+                valid, blank = frame_failures(depth.transpose(2, 0, 1))
             if depth is not None and "depth" in modalities:
                 # full resolution: the depth motion maps' side and top views need it
                 out["depth"] = np.ascontiguousarray(depth.transpose(2, 0, 1), dtype=np.float32) / DEPTH_SCALE
+                out["depth"][blank] = 0.0
+                if not valid.all():
+                    out.valid["depth"] = valid
             if depth is not None and "flow" in modalities:
                 h, w = DEPTH_SIZE
                 frames = np.stack([cv2.resize(depth[:, :, t].astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
                                    for t in range(depth.shape[2])])  # fmt: skip
                 out["flow"] = flow_with_magnitude(to_uint8(frames), scale=2.0)
+                out["flow"][~step_valid(~blank)] = 0.0  # a step to or from a blank frame: no motion
+                if not valid.all():
+                    out.valid["flow"] = step_valid(valid)
         if "inertial" in modalities:
             x = load("inertial")
             if x is not None:
+                lengths["inertial"] = len(x) / INERTIAL_HZ
+                x, valid = signal_gaps(x)  # a NaN/Inf row: the last good row held
                 out["inertial"] = np.concatenate([x[:, :3], x[:, 3:] / GYRO_SCALE], axis=1).astype(np.float32)
+                if not valid.all():
+                    out.valid["inertial"] = valid
         if "skeleton" in modalities:
             s = load("skeleton")
             if s is not None:
+                lengths["skeleton"] = s.shape[2] / KINECT_FPS
                 pos = (s - s[HIP_CENTER : HIP_CENTER + 1]).transpose(2, 0, 1).reshape(s.shape[2], -1)
+                pos, valid = signal_gaps(pos)  # a frame with a NaN joint (or hip): the last good frame held
                 out["skeleton"] = pos.astype(np.float32)
+                if not valid.all():
+                    out.valid["skeleton"] = valid
+        out.duration = next((lengths[m] for m in ("depth", "skeleton", "inertial") if m in lengths), None)
         return out

@@ -1,7 +1,8 @@
 """A generic folder of clips: ``labels.csv`` with columns ``id,label`` and optional ``video`` and
 ``audio`` file names (relative to the folder). Modalities: rgb frames, optical flow on them, and
 audio (a log spectrogram) from the WAV named in ``audio`` or else the video's own audio track
-(decoded with PyAV); a clip with neither has audio absent. Classes are the sorted distinct labels."""
+(decoded with PyAV); a clip with neither has audio absent. Classes are the sorted distinct labels.
+Failures inside a clip are marked in ``Raw.valid`` (:mod:`karmma.data.media.failures`)."""
 
 from __future__ import annotations
 
@@ -66,24 +67,63 @@ class VideoFolderReader(DatasetReader):
         return video_clip(path, modalities)
 
     def load(self, ref: SampleRef, modalities: tuple[str, ...], on_error: str) -> dict[str, np.ndarray]:
-        from karmma.data.media.decode import AUDIO_RATE, read_audio, read_video
+        """rgb, flow and audio of one row, with the clip's failures in ``valid`` (black, frozen or
+        corrupt frames; audio the track does not cover: a timestamp gap, a track — the video's own
+        or the WAV — ending before the video) and the video's length in ``duration``."""
+        from karmma.data.media.decode import AUDIO_RATE, clip_duration, decode_video
 
         row, raw = ref.source, Raw()
-        if row.get("video") and ("rgb" in modalities or "flow" in modalities):
-            frames = or_absent(
-                lambda: read_video(self.root / row["video"], size=FRAME_SIZE), on_error, f"the video of {row['id']}"
-            )
-            if frames is not None:
-                _frames_raw(raw, frames, modalities)
+        video = self.root / row["video"] if row.get("video") else None
+        if video is not None and ("rgb" in modalities or "flow" in modalities):
+            decoded = or_absent(lambda: decode_video(video, size=FRAME_SIZE), on_error, f"the video of {row['id']}")
+            if decoded is not None:
+                _frames_raw(raw, decoded.frames, modalities, decoded.undecodable)
+        if video is not None:
+            try:  # the clip's length, as predict --clip takes it: what a short audio track is padded to
+                raw.duration = clip_duration(video)
+            except DataError:  # an unreadable video: its rgb/flow say so (or were not asked)
+                pass
         if "audio" in modalities:
             if row.get("audio"):
-                read = lambda: audio_features(self.root / row["audio"])  # noqa: E731
-            elif row.get("video"):  # the video's own audio track; none -> absent, not an error
-                read = lambda: spectrogram(read_audio(self.root / row["video"]), AUDIO_RATE)  # noqa: E731
+                read = lambda: _wav_features(self.root / row["audio"], raw.duration)  # noqa: E731
+            elif video is not None:  # the video's own audio track; none -> absent, not an error
+                read = lambda: _track_features(video, AUDIO_RATE, raw.duration)  # noqa: E731
             else:
                 raw.absent["audio"] = "no audio file or video"
                 return raw
             audio = or_absent(read, on_error, f"the audio of {row['id']}", raw, "audio")
             if audio is not None:
-                raw["audio"] = audio
+                raw["audio"], valid = audio
+                if valid is not None:
+                    raw.valid["audio"] = valid
         return raw
+
+
+def _covered(framing, n: int, spans) -> np.ndarray | None:
+    """Which of ``n`` frames the track covers (None: all), ``spans`` the filled samples."""
+    from karmma.data.media.audio_stream import frames_valid
+
+    valid = frames_valid(framing, n, spans) if spans else None
+    return None if valid is None or valid.all() else valid
+
+
+def _wav_features(path: Path, clip_s: float | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`audio_features` of a WAV file padded with silence to ``clip_s`` (the video's length)
+    when it ends early, and which frames the WAV covers."""
+    from karmma.data.media.decode import read_wav
+    from karmma.data.media.failures import pad_audio
+
+    x, rate = read_wav(path)
+    mono, spans = pad_audio(x.mean(1), None if clip_s is None else int(round(clip_s * rate)), rate)
+    feats = spectrogram(mono, rate)
+    return feats, _covered(spectrogram_framing(rate), len(feats), spans)
+
+
+def _track_features(video: Path, rate: int, clip_s: float | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The spectrogram of a video's own audio track, its gaps and an early end filled with silence
+    (:func:`~karmma.data.media.decode.read_audio_covered`), and which frames the track covers."""
+    from karmma.data.media.decode import read_audio_covered
+
+    x, spans = read_audio_covered(video, rate, clip_s=clip_s)
+    feats = spectrogram(x, rate)
+    return feats, _covered(spectrogram_framing(rate), len(feats), spans)
