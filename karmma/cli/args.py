@@ -8,12 +8,16 @@ MAX_COUNT = 1_000_000  # repeats, batch sizes, tokens, top-k: more is a typo (it
 SEED_RANGE = (0, 2**32 - 1)  # what every seeded generator (numpy, torch, Python) takes
 
 
+def _parse(text: str, cast: type, what: str):
+    try:
+        return cast(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number from 1 to :data:`MAX_COUNT`."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    value = _parse(text, int, "a whole number")
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     if value > MAX_COUNT:
@@ -42,10 +46,7 @@ def seed_list(text: str) -> tuple[int, ...]:
 
 def seed(text: str) -> int:
     """argparse type: one seed, a whole number in :data:`SEED_RANGE`."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    value = _parse(text, int, "a whole number")
     if not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
         raise argparse.ArgumentTypeError(f"seed {value} is outside {SEED_RANGE[0]}..{SEED_RANGE[1]}")
     return value
@@ -65,10 +66,7 @@ def burst_lengths(text: str) -> tuple[float, ...]:
 
 def seconds(text: str) -> float:
     """argparse type: a duration in (0, 3600] seconds."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    value = _parse(text, float, "a number of seconds")
     if not 0.0 < value <= 3600.0:
         raise argparse.ArgumentTypeError(f"{text!r}: give seconds in (0, 3600]")
     return value

@@ -20,7 +20,7 @@ import torch
 
 from karmma.bursts import burst_views, clip_seconds
 from karmma.data.dataset import FeatureSet
-from karmma.evaluation.evaluate import DROPOUT_RATES, AsData, MaskFn, run_masked_many
+from karmma.evaluation.evaluate import DROPOUT_RATES, AsData, MaskFn, repeat_summary, run_masked_many
 
 VIEWS = ("per_token", "drop_whole", "as_data")
 BURST_SECONDS = (0.5,)  # the mean burst lengths reported by default (the issue's L)
@@ -83,17 +83,7 @@ def _as_data(present: torch.Tensor, failed: torch.Tensor, modes: tuple[str, ...]
 
 def summarise(runs: Mapping[str, Mapping[str, float]], rates: Sequence[float], repeats: int) -> dict:
     """``{view: {rate: metrics averaged over repeats (and their std)}}``."""
-    out: dict = {}
-    for view in VIEWS:
-        out[view] = {}
-        for rate in rates:
-            reps = [runs[f"{view}/{rate:.1f}/{r}"] for r in range(repeats)]
-            keys = [k for k in reps[0] if k not in ("count", "skipped")]
-            res = {k: float(np.mean([x[k] for x in reps])) for k in keys}
-            res.update({f"{k}_std": float(np.std([x[k] for x in reps])) for k in keys})
-            res["count"] = reps[0]["count"]
-            out[view][f"{rate:.1f}"] = res
-    return out
+    return {view: repeat_summary(runs, rates, repeats, prefix=f"{view}/") for view in VIEWS}
 
 
 def evaluate_bursts(model: torch.nn.Module, data: FeatureSet, rates: Sequence[float] = DROPOUT_RATES, seed: int = 0,

@@ -13,7 +13,7 @@ import csv
 import io
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -115,10 +115,12 @@ def dropout_mask_fns(data: FeatureSet, rates: Sequence[float], seed: int, repeat
     return fns
 
 
-def _dropout_summary(runs: dict[str, dict[str, float]], rates: Sequence[float], repeats: int) -> dict:
+def repeat_summary(runs: Mapping[str, Mapping[str, float]], rates: Sequence[float], repeats: int,
+                     prefix: str = "") -> dict:  # fmt: skip
+    """``{rate: metrics averaged over the repeats, and their std}`` of the runs ``f"{prefix}{rate}/{repeat}"``."""
     out = {}
     for rate in rates:
-        reps = [runs[f"{rate:.1f}/{r}"] for r in range(repeats)]
+        reps = [runs[f"{prefix}{rate:.1f}/{r}"] for r in range(repeats)]
         keys = [k for k in reps[0] if k not in ("count", "skipped")]
         res = {k: float(np.mean([x[k] for x in reps])) for k in keys}
         res.update({f"{k}_std": float(np.std([x[k] for x in reps])) for k in keys})
@@ -137,7 +139,7 @@ def evaluate_sensor_dropout(
 ) -> dict[str, dict[str, float]]:
     """Mean (and std over ``repeats``) accuracy per dropout rate, keyed ``"0.3"`` etc."""
     runs = run_masked_many(model, data, dropout_mask_fns(data, rates, seed, repeats), batch_size)
-    return _dropout_summary(runs, rates, repeats)
+    return repeat_summary(runs, rates, repeats)
 
 
 def evaluate_models(
@@ -159,7 +161,7 @@ def evaluate_models(
         runs = run_masked_many(model, data[name], {**subsets, **drops}, precision=precision)
         results["models"][name] = {
             "subsets": {k: runs[k] for k in subsets},
-            "sensor_dropout": _dropout_summary({k: runs[k] for k in drops}, rates, repeats),
+            "sensor_dropout": repeat_summary({k: runs[k] for k in drops}, rates, repeats),
         }
         bar.update(1)
     bar.close()
