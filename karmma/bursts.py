@@ -19,7 +19,8 @@ modality). The failures are reproducible from the ``torch.Generator`` given.
 
 Three ways a system can treat what fails (:func:`burst_views`): ``per_token`` (failed tokens
 marked absent: KARMMA's per-token presence), ``drop_whole`` (a sensor with any failure dropped for
-the whole clip: the whole-clip mask's only correct option) and ``as_data`` (the failed stretch fed
+the whole clip: the whole-clip mask's only correct option; the evaluation feeds the failure of a
+sensor it must keep as data) and ``as_data`` (the failed stretch fed
 as data with the sensor marked present, :func:`failed_as_data`).
 """
 

@@ -191,8 +191,6 @@ def open_store(path: str | Path, feature_set: str = "teacher", in_memory: bool |
             # a store written before per-row checksums has no record: NO_RECORD vouches for no all-zero row
             key = f"checksums/{feature_set}"
             sums = h5[key][:] if key in h5 else np.full(present.shape, NO_RECORD, np.uint32)
-            tokens = store_tokens.read(h5, feature_set, present, specs, path, ids)
-            durations = store_tokens.read_durations(h5, len(ids), path)
             labels = {t: h5[f"labels/{t}"][:] for t in meta["tasks"]}
             # read once in memory: no chunk cache needed (it would only raise the peak)
             cache = 0 if in_memory else CACHE_CHUNKS
@@ -201,6 +199,8 @@ def open_store(path: str | Path, feature_set: str = "teacher", in_memory: bool |
             layout = {"done": (done, (n,)), "present": (present, (n, m)), "checksums": (sums, (n, m))}
             layout.update({f"labels/{t}": (v, (n,)) for t, v in labels.items()})
             _check_layout(path, n, layout, ids)
+            tokens = store_tokens.read(h5, feature_set, present, specs, path, ids)  # after: present is (n, m)
+            durations = store_tokens.read_durations(h5, n, path)
         except (KeyError, OSError, AttributeError, TypeError, ConfigError) as e:
             raise DataError(f"{path}: missing or unreadable dataset ({e}); the store is corrupt — re-extract it") from e
     keep = np.flatnonzero(done)

@@ -5,7 +5,9 @@ of mean length ``L`` seconds, mapped onto tokens by time; seeded from ``(seed, L
 so every model evaluated with the same seed sees the same failures. Each draw is scored three ways:
 
 * ``per_token``: the failed tokens marked absent (per-token presence);
-* ``drop_whole``: a sensor with any failure dropped for the whole clip (whole-clip masks);
+* ``drop_whole``: a sensor with any failure dropped for the whole clip (whole-clip masks); where
+  every sensor failed somewhere, the one that worked longest is kept and its failure fed as data
+  (a whole-clip system has nothing else to give);
 * ``as_data``: the failed stretch fed as data, the sensor marked present — on stored features, the
   last working token held for time tokens and a whole-clip summary left as it is
   (:func:`karmma.bursts.failed_as_data`; ``fill`` overrides it per modality).
@@ -68,7 +70,9 @@ def burst_mask_fns(data: FeatureSet, rates: Sequence[float], seed: int, repeats:
             ]
             v = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}  # a block at a time: bounded memory
             fns[f"per_token/{rate:.1f}/{r}"] = _rows_of(v["per_token"])
-            fns[f"drop_whole/{rate:.1f}/{r}"] = _rows_of(v["drop_whole"])
+            # a sensor kept because every one failed somewhere still sends its failure, as data
+            kept = torch.repeat_interleave(v["drop_whole"], torch.tensor(counts), dim=1)
+            fns[f"drop_whole/{rate:.1f}/{r}"] = _as_data(v["drop_whole"], v["failed"] & kept, modes)
             fns[f"as_data/{rate:.1f}/{r}"] = _as_data(present, v["failed"], modes)
     return fns
 
@@ -77,8 +81,8 @@ def _rows_of(masks: torch.Tensor) -> MaskFn:
     return lambda p, rows: masks[rows]
 
 
-def _as_data(present: torch.Tensor, failed: torch.Tensor, modes: tuple[str, ...]) -> MaskFn:
-    return lambda p, rows: AsData(present[rows], failed[rows], modes)
+def _as_data(mask: torch.Tensor, failed: torch.Tensor, modes: tuple[str, ...]) -> MaskFn:
+    return lambda p, rows: AsData(mask[rows], failed[rows], modes)
 
 
 def summarise(runs: Mapping[str, Mapping[str, float]], rates: Sequence[float], repeats: int) -> dict:
