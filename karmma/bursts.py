@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from karmma import presence
 from karmma.presence import HALF
 
 STEP_SECONDS = 0.05  # the simulation grid (the failure timeline's resolution)
@@ -97,7 +98,7 @@ def burst_views(present: torch.Tensor, counts: Sequence[int], whole_clip: Sequen
     b, m = present.shape
     failed, inside = failure_timelines(b, m, durations, rate, mean_burst, generator)
     shares = token_working(failed, inside, counts, whole_clip)
-    tokens_present = torch.repeat_interleave(present, torch.tensor(list(counts)), dim=1)
+    tokens_present = presence.per_token(present, counts)
     if data_tokens is not None:  # the data's own per-token presence: a token it lacks never returns
         tokens_present = tokens_present & data_tokens.bool()
     share = torch.cat(shares, 1).masked_fill(~tokens_present, -1.0)

@@ -38,6 +38,11 @@ def expand(present: torch.Tensor, counts: Sequence[int]) -> list[torch.Tensor]:
     return [present[:, m, None].expand(-1, n) for m, n in enumerate(counts)]
 
 
+def per_token(present: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
+    """A whole mask ``(B, M)`` as a per-token one ``(B, ΣN_m)``: each flag repeated over its tokens."""
+    return flatten(expand(present, counts))
+
+
 def flatten(masks: Sequence[torch.Tensor]) -> torch.Tensor:
     """``[(B, N_m)]`` -> ``(B, ΣN_m)``."""
     return torch.cat(list(masks), dim=1)
@@ -82,8 +87,9 @@ def combine(mask: torch.Tensor, data: torch.Tensor | None, counts: Sequence[int]
     whole-clip data) -> the mask in per-token form when either is per token, else whole."""
     if data is None and mask.shape[1] == len(counts):
         return mask.bool()
-    tokens = split(mask.bool(), counts) if mask.shape[1] != len(counts) else expand(mask.bool(), counts)
-    flat = flatten(tokens)
+    flat = mask.bool() if mask.shape[1] != len(counts) else per_token(mask.bool(), counts)
+    if flat.shape[1] != sum(counts):
+        split(flat, counts)  # raises, naming the shapes
     return flat & data.bool() if data is not None else flat
 
 

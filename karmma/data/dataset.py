@@ -42,7 +42,7 @@ class Batch:
         counts = [t.shape[1] for t in self.tokens]
         if self.token_present is None and mask.shape[1] == len(counts):
             return mask & self.present.to(mask.device)
-        data = presence.flatten(presence.expand(self.present, counts))
+        data = presence.per_token(self.present, counts)
         if self.token_present is not None:
             data = data & self.token_present
         return presence.combine(mask, data.to(mask.device), counts)
@@ -141,8 +141,7 @@ class FeatureSet:
             if self.token_present.shape != (n, sum(s.num_tokens for s in self.specs)):
                 raise DataError(f"{self.source}: per-token presence has shape {self.token_present.shape}, expected "
                                 f"{(n, sum(s.num_tokens for s in self.specs))}")  # fmt: skip
-            self.token_present = self.token_present & store_tokens.expand(self.present, self.specs)
-            lost = np.flatnonzero((store_tokens.whole(self.token_present, self.specs) != self.present).any(1))
+            self.token_present, lost = store_tokens.restrict(self.token_present, self.present, self.specs)
             if len(lost):
                 raise DataError(f"{self.source}: sample(s) {[self.ids[i] for i in lost[:5]]} have a modality marked "
                                 "present with no present token; mark it absent")  # fmt: skip

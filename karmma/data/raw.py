@@ -36,3 +36,16 @@ class Raw(dict):
         self.absent: dict[str, str] = {}
         self.valid: dict[str, np.ndarray] = {}
         self.duration: float | None = None
+
+
+FAILED_THROUGHOUT = "the sensor failed for the whole clip"
+
+
+def drop_failed(raw: dict, modalities) -> dict[str, str]:
+    """Remove from ``raw`` the ``modalities`` whose ``valid`` says the sensor failed at every step,
+    and return why each of them is absent (extraction and ``predict --clip`` treat them alike)."""
+    valid = getattr(raw, "valid", {})
+    gone = [m for m in modalities if m in raw and m in valid and not np.asarray(valid[m]).any()]
+    for m in gone:
+        del raw[m]
+    return dict.fromkeys(gone, FAILED_THROUGHOUT)

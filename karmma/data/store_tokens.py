@@ -45,6 +45,13 @@ def is_whole(tokens: np.ndarray, present: np.ndarray, specs: Sequence[ModalitySp
     return bool(np.array_equal(tokens, expand(present, specs)))
 
 
+def restrict(tokens: np.ndarray, present: np.ndarray, specs: Sequence[ModalitySpec]) -> tuple[np.ndarray, np.ndarray]:
+    """``tokens`` ``(N, ΣN_m)`` restricted to the present modalities (an absent one has no present
+    token), and the rows whose present modality has no present token (to be refused)."""
+    tokens = np.asarray(tokens, bool) & expand(present, specs)
+    return tokens, np.flatnonzero((whole(tokens, specs) != present).any(1))
+
+
 def sample_row(
     present: np.ndarray, specs: Sequence[ModalitySpec], tokens: Mapping[str, np.ndarray] | None, where: str
 ) -> np.ndarray:
@@ -112,8 +119,7 @@ def write_all(ds: Mapping, feature_sets: Mapping[str, Sequence[ModalitySpec]], p
         if flags.shape != (len(present), sum(counts(specs))):
             raise DataError(f"per-token presence of {fs!r} has shape {flags.shape}, expected "
                             f"{(len(present), sum(counts(specs)))}")  # fmt: skip
-        flags = flags & expand(present, specs)
-        lost = np.flatnonzero((whole(flags, specs) != present).any(1))
+        flags, lost = restrict(flags, present, specs)
         if len(lost):
             raise DataError(f"{fs!r}: row(s) {lost[:5].tolist()} have a modality marked present with no present "
                             "token; mark it absent")  # fmt: skip
@@ -144,8 +150,7 @@ def read(h5: h5py.File, feature_set: str, present: np.ndarray, specs: Sequence[M
     if tokens.shape != (len(present), sum(counts(specs))) or tokens.dtype != np.bool_:
         raise DataError(f"{path}: dataset {key(feature_set)!r} has shape {tokens.shape} ({tokens.dtype}), expected "
                         f"{(len(present), sum(counts(specs)))} bool; the store is corrupt — re-extract it")  # fmt: skip
-    tokens &= expand(present, specs)  # an absent modality has no present token
-    lost = np.flatnonzero((whole(tokens, specs) != present).any(1))
+    tokens, lost = restrict(tokens, present, specs)
     if len(lost):
         raise DataError(f"{path}: sample(s) {[ids[i] for i in lost[:5]]} have a modality marked present with no "
                         "present token; the store is corrupt — re-extract it")  # fmt: skip

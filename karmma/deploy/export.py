@@ -60,7 +60,7 @@ def export_onnx(model: KARMMA, meta: dict, path: str | Path, opset: int = 17) ->
     model.eval()
     names = model.modality_names
     tokens, present = dummy_inputs(model.specs, 2)
-    present = presence.flatten(presence.expand(present, presence.counts_of(model.specs)))
+    present = presence.per_token(present, presence.counts_of(model.specs))
     dynamic = {n: {0: "batch"} for n in [*names, "present", *model.tasks]}
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -127,7 +127,7 @@ def onnx_feed(names: list[str], tokens: list[torch.Tensor], present: torch.Tenso
     if meta is not None:
         counts = [t.shape[1] for t in tokens]
         if meta.get("presence") == PER_TOKEN and present.shape[1] != sum(counts):
-            present = presence.flatten(presence.expand(present.bool(), counts))
+            present = presence.per_token(present.bool(), counts)
         elif meta.get("presence") != PER_TOKEN and present.shape[1] != len(counts):  # a 0.1 export
             whole, partial = presence.normalize(present, counts)
             if partial is not None:

@@ -153,7 +153,7 @@ def clip_sample(predictor: Predictor, clip: str | Path, modalities: tuple[str, .
     video stream, ...). A clip with none of the asked modalities is refused, naming what it has."""
     from karmma.data.clips import CLIP_FORMATS, VIDEO_MODALITIES
     from karmma.data.media.decode import NoStream, TooFewFrames, clip_streams
-    from karmma.data.raw import Kind, Raw
+    from karmma.data.raw import Kind, Raw, drop_failed
     from karmma.extractors.encoders import token_valid, whole_clip_tokens
     from karmma.paths import no_dangling_link
     from karmma.registries import EXTRACTORS
@@ -184,16 +184,14 @@ def clip_sample(predictor: Predictor, clip: str | Path, modalities: tuple[str, .
         raw = Raw()
         raw.absent.update(dict.fromkeys(modalities, e.what))
     size = ex.get("feature_set", "teacher")
+    raw.absent.update(drop_failed(raw, modalities))
     kinds = {m: kinds_of[m] for m in modalities if m in raw}
     encoders = EXTRACTORS.get(ex["encoder"])(kinds, size, ex.get("weights"))  # the same family as extraction
     sample = Raw({m: encoders[m](raw[m]) for m in kinds})
     sample.absent = {m: raw.absent.get(m, "not in the clip") for m in modalities if m not in raw}
     # the tokens a sensor failed for (black or frozen frames, a short audio track): marked absent
     sample.valid = {m: token_valid(raw.valid[m], len(sample[m]), whole_clip_tokens(encoders[m]))
-                    for m in kinds if m in raw.valid and np.asarray(raw.valid[m]).any()}  # fmt: skip
-    for m in [m for m in kinds if m in raw.valid and not np.asarray(raw.valid[m]).any()]:
-        del sample[m]  # the sensor failed for the whole clip
-        sample.absent[m] = "the sensor failed for the whole clip"
+                    for m in kinds if m in raw.valid}  # fmt: skip
     if not sample:
         streams = clip_streams(clip)
         stream = {m: "video" for m in VIDEO_MODALITIES} | {"audio": "audio"}

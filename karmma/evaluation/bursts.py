@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from karmma import presence
 from karmma.bursts import burst_views, clip_seconds
 from karmma.data.dataset import FeatureSet
 from karmma.evaluation.evaluate import DROPOUT_RATES, AsData, MaskFn, repeat_summary, run_masked_many
@@ -71,7 +72,7 @@ def burst_mask_fns(data: FeatureSet, rates: Sequence[float], seed: int, repeats:
             v = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}  # a block at a time: bounded memory
             fns[f"per_token/{rate:.1f}/{r}"] = _rows_of(v["per_token"])
             # a sensor kept because every one failed somewhere still sends its failure, as data
-            kept = torch.repeat_interleave(v["drop_whole"], torch.tensor(counts), dim=1)
+            kept = presence.per_token(v["drop_whole"], counts)
             fns[f"drop_whole/{rate:.1f}/{r}"] = _as_data(v["drop_whole"], v["failed"] & kept, modes)
             fns[f"as_data/{rate:.1f}/{r}"] = _as_data(present, v["failed"], modes)
     return fns

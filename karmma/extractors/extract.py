@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from karmma.data.raw import drop_failed
 from karmma.data.readers.base import DatasetReader, SampleRef, get_reader
 from karmma.data.store import FeatureStoreWriter
 from karmma.data.store_summary import store_summary, summary_path
@@ -57,10 +58,7 @@ def encoder_specs(
 def _job(ref: SampleRef, reader: DatasetReader, modalities: tuple[str, ...], on_error: str, encoders):
     raw = reader.load(ref, modalities, on_error)
     valid = getattr(raw, "valid", {})
-    why = dict(getattr(raw, "absent", {}))
-    for m in [m for m in modalities if m in raw and m in valid and not np.asarray(valid[m]).any()]:
-        del raw[m]  # failed for the whole clip: absent, with its reason
-        why[m] = "the sensor failed for the whole clip"
+    why = {**getattr(raw, "absent", {}), **drop_failed(raw, modalities)}
     feats: dict[str, dict[str, np.ndarray]] = {size: {} for size in SIZES}
     tokens: dict[str, dict[str, np.ndarray]] = {size: {} for size in SIZES}
     for m in modalities:

@@ -152,10 +152,8 @@ class KARMMA(nn.Module):
         """The forward with the presence already split: whole ``(B, M)`` and per token (or None)."""
         encoded = self.encode(tokens, present, augment, token_masks)
         enc_masks = self.encoded_masks(token_masks)
-        if augment is None:
-            fused_in = encoded
-        else:  # a swap pairs samples whose modality is whole (a partial one's slots follow its own mask)
-            fused_in = augment.encoded(encoded, present, *([enc_masks] if enc_masks is not None else []))
+        # in training, a swap pairs samples whose modality is whole (a partial one's slots follow its own mask)
+        fused_in = augment.encoded(encoded, present, enc_masks) if augment is not None else encoded
         readers = self.fuse(fused_in, present, enc_masks)
         out = ModelOutput(self.forward_head(readers, present), readers, encoded, enc_masks)
         for addon in self.addon_list().values():

@@ -82,18 +82,17 @@ class LateFusion(AddOn):
     Config = LateFusionConfig
     cfg: LateFusionConfig
 
-    def __init__(self, cfg: LateFusionConfig, dims: Sequence[int], tasks: Mapping[str, int]) -> None:
+    def __init__(self, cfg: LateFusionConfig, dims: Sequence[int], tasks: Mapping[str, int],
+                 counts: Sequence[int] | None = None) -> None:  # fmt: skip
         super().__init__(cfg)
         self.heads = nn.ModuleList(UnimodalHead(d, tasks) for d in dims)
-        self.counts: list[int] = [1] * len(dims)  # set by build(): the stored tokens per modality
+        self.counts = list(counts) if counts is not None else [1] * len(dims)  # stored tokens per modality
         start = starting_row(cfg.pool, cfg.ensemble, len(dims))
         self.weights = nn.Buffer(start.repeat(2 ** len(dims) - 1, 1)) if cfg.weights != "equal" else None
 
     @classmethod
     def build(cls, cfg, specs: Sequence[ModalitySpec], encoded: Sequence[ModalitySpec], tasks) -> LateFusion:
-        addon = cls(cfg, [e.dim for e in encoded], tasks)
-        addon.counts = [s.num_tokens for s in specs]  # the stored tokens' counts (a per-token mask's layout)
-        return addon
+        return cls(cfg, [e.dim for e in encoded], tasks, [s.num_tokens for s in specs])
 
     def unimodal(
         self, encoded: Sequence[torch.Tensor], token_masks: Sequence[torch.Tensor] | None = None

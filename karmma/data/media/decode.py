@@ -75,8 +75,7 @@ def decode_video(
         stream = c.streams.video[0]
         stream.thread_type = "AUTO"
         fps = float(stream.average_rate or stream.guessed_rate or 30)
-        known = [d for d in (_video_duration(stream), float(c.duration) / 1e6 if c.duration else None) if d]
-        duration = max(known) if known else None  # as clip_duration: the longer of stream and container
+        duration = _declared_seconds(c)
         step = 1
         if end_s is not None:
             step = max(1, math.ceil((end_s - start_s) * fps / max_frames))
@@ -150,8 +149,14 @@ def clip_duration(path: str | Path) -> float | None:
     """Seconds of a media file: the longer of its video stream's and its container's declared
     lengths (None when neither is declared)."""
     with _open(Path(path)) as c:
-        known = [d for d in (_video_duration(c.streams.video[0]) if c.streams.video else None,
-                             float(c.duration) / 1e6 if c.duration else None) if d]  # fmt: skip
+        return _declared_seconds(c)
+
+
+def _declared_seconds(container) -> float | None:
+    """The longer of an open container's video stream's and its own declared lengths, in seconds."""
+    stream = container.streams.video[0] if container.streams.video else None
+    known = [d for d in (_video_duration(stream) if stream is not None else None,
+                         float(container.duration) / 1e6 if container.duration else None) if d]  # fmt: skip
     return max(known) if known else None
 
 

@@ -5,7 +5,7 @@ or frozen frame (:func:`black_frames`, :func:`frozen_frames`), a NaN/Inf row or 
 of a signal (:func:`signal_gaps`), audio the track does not cover (:func:`pad_audio`: a track that
 ends early; :mod:`~karmma.data.media.audio_stream` zero-fills jumps in its timestamps). Failed steps
 keep a neutral finite stand-in (zeros for a blank frame or missing audio, the last good row held
-for a signal), so extraction still sees finite values. docs/within_clip_detectors.md says why each
+for a signal), so extraction still sees finite values. docs/within_clip.md says why each
 threshold is what it is, and what is not detected.
 """
 
