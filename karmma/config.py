@@ -132,6 +132,8 @@ class ModalityDropoutConfig:
     kind: str = "independent"  # "none" | "independent" | "subset" | "burst"
     p: float = 0.5  # paper-unknown default: per-modality drop probability ("independent", "burst")
     burst_rate: float = 0.3  # "burst": mean fraction of a clip each sensor is failed
+    burst_rate_max: float = 0.0  # "burst", if above burst_rate: each clip's rate uniform in [burst_rate, this]
+    burst_share: float = 1.0  # "burst": the share of clips given bursts (the others: whole-modality dropout only)
     burst_seconds: float = 0.5  # "burst": mean length of a failure, seconds
     clip_seconds: float = 3.0  # "burst": a clip's length where the store records none
 
@@ -139,7 +141,7 @@ class ModalityDropoutConfig:
         if self.kind not in DROPOUT_KINDS:
             raise ConfigError(f"modality_dropout.kind={self.kind!r}; choose one of {DROPOUT_KINDS}")
         bounds = {"p": (0.0, 1.0), "burst_rate": (0.0, 0.99), "burst_seconds": (1e-3, 3600.0),
-                  "clip_seconds": (1e-3, 3600.0)}  # fmt: skip
+                  "clip_seconds": (1e-3, 3600.0), "burst_rate_max": (0.0, 0.99), "burst_share": (0.0, 1.0)}  # fmt: skip
         for name, (lo, hi) in bounds.items():
             if not lo <= getattr(self, name) <= hi:  # also refuses NaN
                 raise ConfigError(f"modality_dropout.{name}={getattr(self, name)} must be in [{lo:g}, {hi:g}]")
@@ -170,8 +172,7 @@ class OptimConfig:
             raise ConfigError("optim.epochs and optim.batch_size must be >= 1")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"optim.lr={self.lr} must be a finite number > 0")
-        for key in ("weight_decay", "grad_clip"):
-            value = getattr(self, key)
+        for key, value in (("weight_decay", self.weight_decay), ("grad_clip", self.grad_clip)):
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"optim.{key}={value} must be a finite number >= 0")
         if self.warmup_steps < 0:
@@ -357,8 +358,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         key, raw = item.split("=", 1)
-        node = data
-        parts = key.strip().split(".")
+        node, parts = data, key.strip().split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):

@@ -24,6 +24,12 @@ def test_utd_mhad_benchmark_on_a_tiny_tree(tmp_path, capsys):
     teacher = summary["summary"]["models"]["teacher"]
     assert len(teacher["subsets"]) == 15 and len(teacher["sensor_dropout"]) == 10
     assert len(teacher["subsets"]["depth+flow+inertial+skeleton"]["values"]) == 2  # one per seed
+    # sensors failing inside the clip (depth motion maps recomputed from the raw clips for each draw)
+    for model in ("teacher", "student", "baseline-md"):
+        within = summary["summary"]["models"][model]["within_clip"]
+        assert set(within) == {"per_token", "drop_whole", "as_data"}
+        assert [float(r) for r in within["per_token"]] == [round(0.1 * i, 1) for i in range(10)]
+        assert len(within["as_data"]["0.5"]["values"]) == 2 and "std" in within["as_data"]["0.5"]
     paired = summary["summary"]["student_minus_baseline_md"]
     assert paired["subsets"]["of"] == 15 and paired["sensor_dropout"]["of"] == 10
     cost = summary["cost"]

@@ -158,6 +158,44 @@ def test_bursts_fail_the_asked_share_of_time_reproducibly_and_keep_a_token():
     assert torch.equal(none["drop_whole"], present) and not none["failed"].any()
 
 
+@pytest.mark.parametrize("rate", [0.1, 0.5, 0.9])
+def test_bursts_keep_the_rate_and_the_mean_length_on_the_grid(rate):
+    from karmma.bursts import grid_step
+
+    failed, _ = failure_timelines(2000, 2, torch.full((2000,), 10.0), rate, 0.5, torch.Generator().manual_seed(1))
+    f = failed.double()
+    bursts = (f[..., 1:] > f[..., :-1]).sum() + f[..., 0].sum()
+    assert f.mean().item() == pytest.approx(rate, abs=0.01)
+    assert (f.sum() / bursts).item() * grid_step(0.5, rate) == pytest.approx(0.5, rel=0.1)
+
+
+def test_each_clip_can_have_its_own_rate():
+    rates = torch.tensor([0.0, 0.3, 0.8, 1.0]).repeat_interleave(500)
+    failed, _ = failure_timelines(len(rates), 2, torch.full((len(rates),), 6.0), rates, 0.5,
+                                  torch.Generator().manual_seed(2))  # fmt: skip
+    share = failed.double().mean((1, 2)).view(4, 500).mean(1)
+    assert share.tolist() == pytest.approx([0.0, 0.3, 0.8, 1.0], abs=0.02)
+
+
+def test_training_bursts_reach_the_asked_share_of_clips_at_their_own_rates():
+    from types import SimpleNamespace
+
+    from karmma.bursts import train_bursts
+    from karmma.config import ModalityDropoutConfig
+
+    specs = [SimpleNamespace(name=n, num_tokens=k) for n, k in zip("abc", COUNTS)]
+    part = SimpleNamespace(specs=specs, clip_tokens=(), token_present=None, durations=None)
+    data = SimpleNamespace(parts=lambda: [part])
+    mask = torch.ones(4000, 3, dtype=torch.bool)
+    cfg = ModalityDropoutConfig(kind="burst", burst_rate=0.0, burst_rate_max=0.8, burst_share=0.5, clip_seconds=4.0)
+    out = train_bursts(data, np.arange(4000), mask, cfg, torch.Generator().manual_seed(0))
+    lost = 1.0 - out.float().mean(1)
+    # half the clips untouched, and a few of the others (a rate near 0 may fail no token)
+    assert 0.47 <= (lost == 0).float().mean().item() < 0.6
+    assert lost.mean().item() == pytest.approx(0.5 * 0.4, abs=0.03)  # the others: rates uniform in [0, 0.8]
+    assert lost.max().item() > 0.7
+
+
 def test_as_data_holds_the_last_working_token():
     x = torch.arange(8.0).reshape(1, 8, 1)
     failed = torch.tensor([[False, True, True, False, False, False, False, True]])
@@ -172,7 +210,14 @@ def test_as_data_holds_the_last_working_token():
 @pytest.mark.slow
 def test_train_with_bursts_distil_and_evaluate_in_time_from_the_cli(tmp_path, capsys):
     train, val = synthetic_store(tmp_path / "train.h5"), synthetic_store(tmp_path / "val.h5", "val")
-    burst = ["--set", "modality_dropout.kind=burst", "--set", "modality_dropout.burst_rate=0.3"]
+    burst = [
+        "--set",
+        "modality_dropout.kind=burst",
+        "--set",
+        "modality_dropout.burst_rate=0.1",
+        "--set",
+        "modality_dropout.burst_rate_max=0.6",
+    ]  # each clip its own rate
     rc, _, err = cli(capsys, "train", "--config", "demo_teacher", "--run-dir", tmp_path / "t", *QUICK, *burst,
                      *store_args(train, val))  # fmt: skip
     assert rc == 0, err

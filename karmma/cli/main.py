@@ -90,7 +90,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     results, tasks = run_evaluate(models, args.val, args.seed, args.repeats, _progress(args),
                                   device=args.device, precision=args.precision, compile=args.compile,
                                   split=args.split, epic=args.epic, bursts=args.bursts,
-                                  clip_seconds=args.clip_seconds)  # fmt: skip
+                                  clip_seconds=args.clip_seconds, raw_root=args.raw_root)  # fmt: skip
     print(f"split: {results['split']}")
     paths = write_results(results, args.out, tasks)
     metric = main_metric(tasks)
@@ -245,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "0.25,0.5,1): per-token presence vs dropping the sensor vs feeding the failure")  # fmt: skip
     sp.add_argument("--clip-seconds", type=seconds, default=3.0,
                     help="with --bursts: a clip's length where the store records none (default 3)")  # fmt: skip
+    sp.add_argument("--raw-root", metavar="DIR",
+                    help="with --bursts: the raw data the store was extracted from; whole-clip summaries (depth "
+                         "motion maps) are then recomputed for each draw of failures instead of kept")  # fmt: skip
     sp.set_defaults(func=cmd_evaluate)
 
     sp = sub.add_parser("cost", help="params, FLOPs, memory, latency per modality subset")

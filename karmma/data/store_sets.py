@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,9 +15,11 @@ if TYPE_CHECKING:
     from karmma.data.dataset import FeatureSet
 
 
-def write_store(path: str | Path, sets: Mapping[str, FeatureSet], dtype: str | None = None) -> Path:
+def write_store(path: str | Path, sets: Mapping[str, FeatureSet], dtype: str | None = None,
+                extra: Mapping[str, Any] | None = None) -> Path:  # fmt: skip
     """Write feature sets of the same samples (e.g. ``{"teacher": a, "student": b}``) to one store,
-    in ``dtype`` (default: float16 if the sets hold float16, else float32).
+    in ``dtype`` (default: float16 if the sets hold float16, else float32); ``extra``: the store's
+    provenance (its reader, split, extractor family: ``store_info(...)["extra"]``).
 
     All or nothing: the store is written under a temporary name and renamed when complete, so a
     refused write (bad values, no samples) leaves no file and never replaces an existing store.
@@ -36,7 +38,7 @@ def write_store(path: str | Path, sets: Mapping[str, FeatureSet], dtype: str | N
             tasks=first.tasks,
             feature_sets={k: v.specs for k, v in sets.items()},
             class_names=first.class_names,
-            extra={"clip_tokens": list(first.clip_tokens)},
+            extra={**(extra or {}), "clip_tokens": list(first.clip_tokens)},
             resume=False,
             dtype=dtype,
         ) as w:

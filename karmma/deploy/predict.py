@@ -154,7 +154,7 @@ def clip_sample(predictor: Predictor, clip: str | Path, modalities: tuple[str, .
     from karmma.data.clips import CLIP_FORMATS, VIDEO_MODALITIES
     from karmma.data.media.decode import NoStream, TooFewFrames, clip_streams
     from karmma.data.raw import Kind, Raw, drop_failed
-    from karmma.extractors.encoders import token_valid, whole_clip_tokens
+    from karmma.extractors.encoders import encode, token_valid, whole_clip_tokens
     from karmma.paths import no_dangling_link
     from karmma.registries import EXTRACTORS
 
@@ -187,7 +187,7 @@ def clip_sample(predictor: Predictor, clip: str | Path, modalities: tuple[str, .
     raw.absent.update(drop_failed(raw, modalities))
     kinds = {m: kinds_of[m] for m in modalities if m in raw}
     encoders = EXTRACTORS.get(ex["encoder"])(kinds, size, ex.get("weights"))  # the same family as extraction
-    sample = Raw({m: encoders[m](raw[m]) for m in kinds})
+    sample = Raw({m: encode(encoders[m], raw[m], raw.valid.get(m)) for m in kinds})
     sample.absent = {m: raw.absent.get(m, "not in the clip") for m in modalities if m not in raw}
     # the tokens a sensor failed for (black or frozen frames, a short audio track): marked absent
     sample.valid = {m: token_valid(raw.valid[m], len(sample[m]), whole_clip_tokens(encoders[m]))

@@ -116,11 +116,14 @@ def run_evaluate(
     epic: str | Path | None = None,
     bursts: tuple[float, ...] = (),
     clip_seconds: float = 3.0,
+    raw_root: str | Path | None = None,
 ) -> tuple[dict, list[str]]:
     """Every model on every modality subset and sensor-dropout rate, on ``split`` of its own data
     (``val``: where choices are made; ``test``: the final report) or on the store ``val_store``;
     with ``epic`` (the EPIC-100 annotation folder) also the official EPIC metrics per model; with
-    ``bursts`` (mean burst lengths, s) the within-clip failure tables (``within_clip``: the first).
+    ``bursts`` (mean burst lengths, s) the within-clip failure tables (``within_clip``: the first),
+    with ``raw_root`` (the raw data the store was extracted from) whole-clip summaries recomputed
+    for each draw (:mod:`karmma.evaluation.raw_summaries`).
     The results name the split they report (``results["split"]``)."""
     models: dict[str, torch.nn.Module] = {}
     data: dict[str, FeatureSet] = {}
@@ -134,10 +137,16 @@ def run_evaluate(
     results["split"] = f"{split} ({val_store})" if val_store else split
     if bursts:  # sensors failing inside the clip (karmma.evaluation.bursts), mean burst lengths in seconds
         from karmma.evaluation.bursts import evaluate_bursts
+        from karmma.evaluation.raw_summaries import RawSummaries
 
+        raws: dict[str, RawSummaries] = {}  # one per store: its models share the recomputed draws
         for name, model in models.items():
+            src = data[name].source
+            if raw_root is not None and src not in raws:
+                raws[src] = RawSummaries.for_store(data[name], raw_root)
             by_length = evaluate_bursts(model, data[name], seed=seed, repeats=repeats, burst_seconds=bursts,
-                                        clip_default=clip_seconds, precision=precision)  # fmt: skip
+                                        clip_default=clip_seconds, precision=precision,
+                                        raw=raws.get(src))  # fmt: skip
             results["models"][name]["within_clip"] = by_length[f"{bursts[0]:g}"]
             results["models"][name]["within_clip_by_length"] = by_length
     if epic:  # the official EPIC-100 metrics, on the models and data already loaded

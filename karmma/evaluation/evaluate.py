@@ -35,11 +35,14 @@ DROPOUT_RATES = tuple(round(0.1 * i, 1) for i in range(10))  # 0%..90%
 
 class AsData(NamedTuple):
     """A mask variant whose failed tokens are fed as data (:func:`karmma.bursts.failed_as_data`):
-    ``mask`` as usual, ``failed`` ``(B, ΣN_m)`` the tokens replaced, ``fill`` per modality."""
+    ``mask`` as usual, ``failed`` ``(B, ΣN_m)`` the tokens replaced, ``fill`` per modality;
+    ``replace``: ``{modality index: (rows (B,) bool, tokens (B, N_m, D))}``, a modality's tokens
+    recomputed from the raw data for those rows (:mod:`karmma.evaluation.raw_summaries`)."""
 
     mask: torch.Tensor
     failed: torch.Tensor
     fill: tuple[str, ...]
+    replace: Mapping[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 MaskFn = Callable[[torch.Tensor, np.ndarray], "torch.Tensor | AsData"]
@@ -76,6 +79,9 @@ def run_masked_many(
                 if isinstance(variant, AsData):
                     counts = [t.shape[1] for t in tokens]
                     tokens = failed_as_data(tokens, variant.failed[ok].to(device), counts, variant.fill)
+                    for m, (where, values) in variant.replace.items():
+                        where, values = where[ok].to(device)[:, None, None], values[ok].to(device, tokens[m].dtype)
+                        tokens[m] = torch.where(where, values, tokens[m])
                 with autocast(device, precision):
                     logits = model(tokens, mask[ok].to(device))
                 meters[key].update({k: v.float() for k, v in logits.items()}, b.labels)

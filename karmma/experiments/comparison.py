@@ -36,6 +36,7 @@ def run_comparison(
     eval_split: str = "val",
     lanes: int = 1,
     bursts: tuple[float, ...] = (),
+    raw_root: str | Path | None = None,
 ) -> tuple[dict, list[str], dict[str, Path]]:
     """Train and evaluate the four models of the paper's comparison, in ``out_dir/<name>``:
 
@@ -49,7 +50,8 @@ def run_comparison(
     own data (``val``, or ``test`` for the final report).
     ``lanes=2`` trains the baselines in a second process while teacher and student train here
     (:func:`karmma.experiments.lanes.run_two_lanes`, the threads split between the two).
-    ``bursts`` (mean burst lengths, s): also the within-clip failure tables (:mod:`karmma.evaluation.bursts`).
+    ``bursts`` (mean burst lengths, s): also the within-clip failure tables (:mod:`karmma.evaluation.bursts`),
+    whole-clip summaries recomputed from the raw data at ``raw_root`` where given.
     Returns (results, tasks, run folders).
     """
     out = Path(out_dir)
@@ -75,5 +77,6 @@ def run_comparison(
     run_two_lanes(teacher_then_student, functools.partial(_train_runs, baselines, resume, side_progress), lanes)
     eval_at = str(eval_store) if eval_store else None
     results, tasks = run_evaluate(dirs, eval_at, seed=teacher_cfg.seed, repeats=repeats, progress=progress,
-                                  split="test" if eval_at else eval_split, bursts=bursts)  # fmt: skip
+                                  split="test" if eval_at else eval_split, bursts=bursts,
+                                  raw_root=raw_root)  # fmt: skip
     return results, tasks, dirs

@@ -26,7 +26,7 @@ import numpy as np
 
 from karmma.data.readers.utd_mhad import SUBJECT_PATTERN
 from karmma.data.splits import sample_groups
-from karmma.data.store import open_store, write_store
+from karmma.data.store import open_store, store_info, write_store
 from karmma.evaluation.evaluate import main_metric
 from karmma.experiments.comparison import run_comparison
 from karmma.experiments.lanes import auto_lanes
@@ -53,8 +53,11 @@ def split_validation(train: Path, out_dir: Path, val_subject: int) -> tuple[Path
     is_val = np.array([int(g) == val_subject for g in sample_groups(ids, SUBJECT_PATTERN)])
     if not is_val.any() or is_val.all():
         raise ValueError(f"validation subject {val_subject} must be one of the training subjects, not all of them")
-    write_store(val, {k: v.subset(np.flatnonzero(is_val)) for k, v in sets.items()})
-    write_store(fit, {k: v.subset(np.flatnonzero(~is_val)) for k, v in sets.items()})
+    # the train split's provenance (reader, split, extractor family): the raw clips stay findable
+    kept = ("dataset", "reader", "split", "encoder")
+    extra = {k: v for k, v in store_info(train).get("extra", {}).items() if k in kept}
+    write_store(val, {k: v.subset(np.flatnonzero(is_val)) for k, v in sets.items()}, extra=extra)
+    write_store(fit, {k: v.subset(np.flatnonzero(~is_val)) for k, v in sets.items()}, extra=extra)
     return fit, val
 
 
@@ -88,7 +91,7 @@ def run_utd_mhad_benchmark(
         sets += [f"optim.epochs={epochs}"] if epochs is not None else []
         results, tasks, dirs = run_comparison("utd_mhad_teacher", "utd_mhad_student", out / f"seed{seed}", sets,
                                               repeats, progress, eval_store=feats["test"], lanes=lanes,
-                                              bursts=BURSTS)  # fmt: skip
+                                              bursts=BURSTS, raw_root=root)  # fmt: skip
         results["fusion_weights"] = {k: _fitted_weights(d) for k, d in dirs.items()}
         per_seed.append(results)
     t_train = time.perf_counter() - t0 - t_extract

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -58,6 +59,14 @@ def token_valid(valid: np.ndarray, num_tokens: int, whole_clip: bool = False) ->
 def whole_clip_tokens(encoder: object) -> bool:
     """Whether each token of ``encoder`` summarises the whole clip (depth motion maps: a view each)."""
     return bool(getattr(encoder, "whole_clip_tokens", False))
+
+
+def encode(encoder: Any, x: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """``encoder(x)``; a whole-clip summary is computed over the raw steps ``valid`` marks working
+    (a time token's failed steps are dropped by its presence flag instead, :func:`token_valid`)."""
+    if valid is not None and whole_clip_tokens(encoder) and not np.all(valid):
+        return encoder(x, valid=valid)
+    return encoder(x)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from karmma.data.readers.base import DatasetReader, SampleRef, get_reader
 from karmma.data.store import FeatureStoreWriter
 from karmma.data.store_summary import store_summary, summary_path
 from karmma.errors import DataError, Interrupted
-from karmma.extractors.encoders import SIZES, token_valid, whole_clip_tokens
+from karmma.extractors.encoders import SIZES, encode, token_valid, whole_clip_tokens
 from karmma.extractors.families import (  # noqa: F401  (backbone_encoder, pool_encoder: their home before 0.2)
     NUM_TOKENS,
     Encoder,
@@ -65,7 +65,7 @@ def _job(ref: SampleRef, reader: DatasetReader, modalities: tuple[str, ...], on_
         if m in raw:
             for size in SIZES:
                 enc = encoders[size][m]
-                feats[size][m] = enc(raw[m])
+                feats[size][m] = encode(enc, raw[m], valid.get(m))
                 if m in valid:
                     tokens[size][m] = token_valid(valid[m], len(feats[size][m]), whole_clip_tokens(enc))
     absent = {m: why.get(m, "not in the sample") for m in modalities if m not in raw}
