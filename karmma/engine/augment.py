@@ -20,6 +20,7 @@ loop seeds per step, so runs stay reproducible and resumable.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,9 +35,12 @@ class TokenAugment(nn.Module):
         super().__init__()
         self.time_warp, self.noise = time_warp, noise
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> Any:
+        """``x`` turned; with ``mask`` (B, N) — which tokens hold data — ``(x, mask)``, the mask moved
+        by the same warp: a warped token holds data when every token it mixes does, and the
+        others are zeros (a partial modality's failed stretch moves with its tokens)."""
         if not self.training or x.shape[0] == 0:
-            return x
+            return x if mask is None else (x, mask)
         if self.time_warp > 0 and x.shape[1] > 1:
             b, n, _ = x.shape
             w = self.time_warp
@@ -48,9 +52,14 @@ class TokenAugment(nn.Module):
             frac = (pos - lo).unsqueeze(-1)
             take = lambda idx: x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[2]))  # noqa: E731
             x = take(lo) * (1 - frac) + take(lo + 1) * frac
+            if mask is not None:
+                f = frac[..., 0]
+                mask = (mask.gather(1, lo) | (f >= 1)) & (mask.gather(1, lo + 1) | (f <= 0))
         if self.noise > 0:
             x = x + self.noise * torch.randn_like(x)
-        return x
+        if mask is None:
+            return x
+        return torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device)), mask
 
 
 class VectorRotate(nn.Module):
@@ -132,8 +141,9 @@ class Augmentation:
         rotate = self.rotate.get(self.names[m])
         return rotate(x) if rotate is not None else x
 
-    def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        return self.token(x)
+    def tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> Any:
+        """The standardised tokens turned (and, given, their per-token ``mask`` moved with them)."""
+        return self.token(x, mask)
 
     def encoded(self, encoded: list[torch.Tensor], present: torch.Tensor,
                 token_masks: list[torch.Tensor] | None = None) -> list[torch.Tensor]:  # fmt: skip

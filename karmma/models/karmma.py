@@ -89,14 +89,18 @@ class KARMMA(nn.Module):
         self, tokens: Tokens, present: torch.Tensor, augment: Any = None, token_masks: list[torch.Tensor] | None = None
     ) -> list[torch.Tensor]:
         """Each modality's standardised tokens (absent ones as zeros) through its encoder; in
-        training, ``augment`` (the engine's pipeline) turns raw and standardised tokens."""
+        training, ``augment`` (the engine's pipeline) turns raw and standardised tokens — and moves
+        the per-token flags ``token_masks`` with them (a time warp; the list is updated in place)."""
         out = []
         for m, (x, enc) in enumerate(zip(self._as_list(tokens), self._encoders())):
             keep = present[:, m, None, None] if token_masks is None else token_masks[m][..., None]
             x = augment.raw(m, x) if augment is not None else x
             x = self.embed.standardize(m, x, keep, enc.standardize_inputs)
-            if augment is not None and enc.token_augment:  # (not where a modality is partial: no zeros warped in)
-                x = torch.where(keep if token_masks is None else keep.all(1, keepdim=True), augment.tokens(x), x)
+            if augment is not None and enc.token_augment:
+                if token_masks is None:
+                    x = torch.where(keep, augment.tokens(x), x)
+                else:  # a failed stretch moves with its tokens
+                    x, token_masks[m] = augment.tokens(x, token_masks[m])
             out.append(enc(x, present[:, m]) if enc.takes_presence else enc(x))
         return out
 

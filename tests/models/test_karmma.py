@@ -155,3 +155,24 @@ def test_token_augment_is_train_only_seeded_and_spares_absent_modalities(specs, 
     assert not torch.equal(enc[0], model.encode(tokens, present)[0])  # a present one is augmented
     model.eval()
     assert torch.equal(model.encode(tokens, present)[0], model.encode(tokens, present)[0])
+
+
+def test_a_time_warp_moves_a_partial_modality_with_its_flags():
+    """Burst training: a modality present for part of the clip is warped too, its per-token flags
+    moved by the same warp, so no zero of the failed stretch is mixed into a token held as data."""
+    from karmma.engine.augment import TokenAugment
+
+    aug = TokenAugment(time_warp=0.3).train()
+    x = torch.randn(32, 16, 5)
+    mask = torch.ones(32, 16, dtype=torch.bool)
+    torch.manual_seed(3)
+    whole = aug(x)
+    torch.manual_seed(3)
+    same, moved = aug(x, mask)
+    assert torch.equal(same, whole) and moved.all()  # nothing failed: exactly the warp of before
+    mask[:, 4:9] = False
+    torch.manual_seed(3)
+    warped, moved = aug(torch.where(mask[..., None], x, 0.0), mask)
+    assert 0.4 < moved.float().mean() < 0.8 and not torch.equal(moved, mask)
+    assert torch.equal(warped[moved], whole[moved])  # held tokens: the warp of the full data
+    assert not warped[~moved].any()  # the failed stretch stays zeros, where it moved to
