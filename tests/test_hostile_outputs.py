@@ -16,6 +16,8 @@ from tests.hostile import QUICK, cli, small_disk, train_clip_model, train_demo_s
 
 SMALL_DATA = ["--set", "data.synthetic.num_train=96", "--set", "data.synthetic.num_val=32"]
 
+SLS = ["--sls-pt", "1", "--sls-tl", "3", "--sls-td", "3"]  # the supervision levels submit requires
+
 
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
@@ -100,14 +102,41 @@ def test_predict_json_on_a_read_only_or_full_disk(student, tmp_path, capsys):
 def test_submit_to_a_read_only_or_full_disk(epic_run, tmp_path, capsys):
     store = epic_run.parent / "test.h5"
     with small_disk(tmp_path / "ro", read_only=True) as ro:
-        rc, out, err = cli(capsys, "submit", epic_run, "--store", store, "--out", ro / "submission.zip")
+        rc, out, err = cli(capsys, "submit", epic_run, "--store", store, "--out", ro / "submission.zip", *SLS)
     assert rc == 2 and out == "" and "--out" in err and "read-only" in err
     with small_disk(tmp_path / "full", "8k") as full:
-        rc, _, err = cli(capsys, "submit", epic_run, "--store", store, "--out", full / "test.json")
+        rc, _, err = cli(capsys, "submit", epic_run, "--store", store, "--out", full / "test.json", *SLS)
         assert rc == 2 and f"cannot write {full / 'test.json'}: no space left" in err
         assert list(full.iterdir()) == []  # no .partial file
-    rc, out, _ = cli(capsys, "submit", epic_run, "--store", store, "--out", tmp_path / "submission.zip")
+    rc, out, _ = cli(capsys, "submit", epic_run, "--store", store, "--out", tmp_path / "submission.zip", *SLS)
     assert rc == 0 and "2 segments" in out and leftovers(tmp_path) == []
+
+
+def test_submit_refuses_an_incomplete_split_and_undeclared_supervision(epic_run, tmp_path, capsys):
+    import shutil
+
+    import h5py
+
+    store, out = epic_run.parent / "test.h5", tmp_path / "submission.zip"
+    rc, _, err = cli(capsys, "submit", epic_run, "--store", store, "--out", out)
+    assert rc == 2 and "--sls-pt" in err and not out.exists()  # no silent 0/0/0
+    # a segment of the split the extraction could not write: named, and nothing submitted
+    holed = tmp_path / "holed.h5"
+    shutil.copy(store, holed)
+    with h5py.File(holed, "r+") as h5:
+        gone = h5["ids"].asstr()[1]
+        h5["done"][1] = False
+    rc, _, err = cli(capsys, "submit", epic_run, "--store", holed, "--out", out, *SLS)
+    assert rc == 2 and gone in err and "--allow-incomplete" in err and not out.exists()
+    # the official list names a segment the store never had
+    csv = tmp_path / "EPIC_100_test_timestamps.csv"
+    csv.write_text("narration_id,participant_id,video_id,narration_timestamp,start_timestamp,stop_timestamp,"
+                   "start_frame,stop_frame\nP02_01_0,P02,P02_01,,,,1,30\nP02_01_1,P02,P02_01,,,,31,60\n"
+                   "P02_01_9,P02,P02_01,,,,61,90\n")  # fmt: skip
+    rc, _, err = cli(capsys, "submit", epic_run, "--store", store, "--out", out, *SLS, "--annotations", csv)
+    assert rc == 2 and "P02_01_9" in err and not out.exists()
+    rc, printed, _ = cli(capsys, "submit", epic_run, "--store", holed, "--out", out, *SLS, "--allow-incomplete")
+    assert rc == 0 and "1 segment(s) left out" in printed and "1 segments" in printed
 
 
 def test_sweep_checks_a_read_only_out_before_training(tmp_path, capsys):
@@ -140,7 +169,7 @@ def test_an_out_linking_to_nothing_is_named(command, student, epic_run, tmp_path
         "export": ["export", student, "--out", out],
         "predict": ["predict", student, "--input", sample(tmp_path / "x.npz"), "--json", out],
         "sweep": ["sweep", "--config", "demo_student", "--grid", "optim.lr=0.001", "--out", out, *QUICK],
-        "submit": ["submit", epic_run, "--store", epic_run.parent / "test.h5", "--out", out],
+        "submit": ["submit", epic_run, "--store", epic_run.parent / "test.h5", "--out", out, *SLS],
     }[command]
     rc, out_text, err = cli(capsys, *argv)
     assert rc == 2 and "is a symbolic link to" in err and str(tmp_path / "gone") in err

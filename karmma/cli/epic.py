@@ -31,6 +31,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from karmma.data.dataset import check_fits, require_samples
     from karmma.data.readers.epic import write_submission
     from karmma.data.store import open_store
+    from karmma.data.store_summary import summary_path
+    from karmma.errors import DataError
     from karmma.evaluation.epic_eval import make_submission
     from karmma.io.checkpoint import load_model
     from karmma.outputs import not_an_input
@@ -41,6 +43,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     model, meta = load_model(no_dangling_link(args.model, "model"))
     data = open_store(args.store, meta.get("feature_set", "teacher"))
     require_samples(data, "prediction")
+    missing = submission_gaps(args.store, data.ids, args.annotations)
+    if missing and not args.allow_incomplete:
+        raise DataError(
+            f"{args.store}: {len(missing)} segment(s) of the split have no features, so no prediction "
+            f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); the challenge scores every narration "
+            f"id. Re-extract them (why each is missing: {summary_path(args.store)}), or pass --allow-incomplete"
+        )
+    if missing:
+        print(f"warning: {len(missing)} segment(s) left out of the submission (--allow-incomplete)")
     check_fits(model.specs, model.tasks, meta.get("class_names", {}), data, f"model {args.model}")
     sub = make_submission(model, data, (args.sls_pt, args.sls_tl, args.sls_td), where=str(args.model))
     path = write_submission(args.out, sub)
@@ -48,6 +59,21 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.out.endswith(".json"):
         print("the challenge server takes a .zip holding test.json: pass --out submission.zip")
     return 0
+
+
+def submission_gaps(store: str, ids: list[str], annotations: str | None) -> list[str]:
+    """The narration ids of the split without a prediction: the store's segments that were never
+    written (nothing readable, an interrupted extraction) and, given the annotation file
+    (``EPIC_100_test_timestamps.csv``), its ids that the store lacks."""
+    from karmma.data.readers.epic import read_id_list
+    from karmma.data.store import all_ids
+
+    have = set(ids)
+    missing = [i for i in all_ids(store) if i not in have]
+    if annotations:
+        known = set(missing) | have
+        missing += sorted(i for i in read_id_list(annotations, "narration_id") if i not in known)
+    return missing
 
 
 def add_epic_commands(sub: argparse._SubParsersAction) -> None:
@@ -70,5 +96,10 @@ def add_epic_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--store", required=True, help="feature store of the segments to submit (e.g. the test split)")
     sp.add_argument("--out", default="submission.zip", help=".zip (test.json inside, for the server) or .json")
     for flag, what in (("--sls-pt", "pre-training"), ("--sls-tl", "training labels"), ("--sls-td", "training data")):
-        sp.add_argument(flag, type=int, default=0, help=f"supervision level of {what}, 0-5 (declare yours)")
+        sp.add_argument(flag, type=int, required=True, choices=range(6), metavar="0-5",
+                        help=f"supervision level of {what} (required: every entry declares it)")  # fmt: skip
+    sp.add_argument("--annotations", metavar="CSV",
+                    help="EPIC_100_test_timestamps.csv: also refuse if the store lacks one of its ids")  # fmt: skip
+    sp.add_argument("--allow-incomplete", action="store_true",
+                    help="submit although segments of the split lack a prediction (the server rejects it)")  # fmt: skip
     sp.set_defaults(func=cmd_submit)

@@ -65,6 +65,16 @@ def store_info(path: str | Path) -> dict:
         return meta
 
 
+def all_ids(path: str | Path) -> list[str]:
+    """Every sample id the store was made for, written or not (``open_store`` keeps the written)."""
+    with _open(Path(path)) as h5:
+        _meta(h5, Path(path))
+        try:
+            return list(h5["ids"].asstr()[:])
+        except (KeyError, AttributeError, TypeError, OSError) as e:
+            raise DataError(f"{path}: no readable ids dataset ({e}); the store is corrupt — re-extract it") from e
+
+
 def token_coverage(path: str | Path) -> dict:
     """Per feature set and modality, over the written samples: ``samples_present`` and
     ``tokens_present``, the share of their tokens present (1.0 in a store without per-token flags;
