@@ -95,6 +95,23 @@ def build_model(cfg: ExperimentConfig, train_data: FeatureSet) -> KARMMA:
     return model
 
 
+MAX_WARMUP_SHARE = 0.2  # the warm-up never takes more than this share of the run's steps
+
+
+def warmup_steps(asked: int, total: int, n: int, batch_size: int, name: str = "run", warn: bool = True) -> int:
+    """The warm-up of a run of ``total`` steps: ``asked``, clamped to a fifth of the run (a preset
+    tuned for a full data set warms up over more steps than a small run has: it would never reach
+    its learning rate), with a warning; also warns when a batch is larger than the ``n`` samples."""
+    if batch_size > n and warn:
+        log.warning("%s: optim.batch_size=%d is larger than the %d training samples: one step per epoch, "
+                    "%d steps in all; lower optim.batch_size for more updates", name, batch_size, n, total)  # fmt: skip
+    cap = int(total * MAX_WARMUP_SHARE)
+    if asked > cap and warn:
+        log.warning("%s: optim.warmup_steps=%d is more than a fifth of the run's %d steps: warming up over %d "
+                    "instead, so that the run reaches its learning rate", name, asked, total, cap)  # fmt: skip
+    return min(asked, cap)
+
+
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
     if warmup and step < warmup:
         return base * (step + 1) / warmup
@@ -195,6 +212,7 @@ def _fit(task: Task, train_data, cfg, run_dir, opts: FitOptions) -> FitResult:
     bs = cfg.optim.batch_size
     steps_per_epoch = max(1, math.ceil(n / bs))
     total_steps = steps_per_epoch * cfg.optim.epochs
+    warmup = warmup_steps(cfg.optim.warmup_steps, total_steps, n, bs, cfg.name, warn=info.is_main)
     device = distributed.resolve_device(cfg.device)
     task.to(device)
     compile_model(model, cfg.compile)
@@ -258,7 +276,7 @@ def _fit(task: Task, train_data, cfg, run_dir, opts: FitOptions) -> FitResult:
                 mask = batch.mask(mask_all[mine].to(device))  # per token where the data or the bursts are
                 torch.manual_seed(step_seed(cfg.seed, global_step))  # nn.Dropout draws
                 for group in optimizer.param_groups:
-                    group["lr"] = lr_at(global_step, total_steps, cfg.optim.lr, cfg.optim.warmup_steps)
+                    group["lr"] = lr_at(global_step, total_steps, cfg.optim.lr, warmup)
                 if len(batch):
                     with autocast(device, cfg.precision):
                         out = task(batch, mask)
