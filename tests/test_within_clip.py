@@ -269,6 +269,21 @@ def test_export_takes_a_per_token_mask_and_predict_reports_coverage(tmp_path, ca
         outs.append(got["topk"]["action"])
     assert [c for c, _, _ in outs[0]] == [c for c, _, _ in outs[1]]  # ONNX and PyTorch agree
     assert [v for _, _, v in outs[0]] == pytest.approx([v for _, _, v in outs[1]], abs=1e-4)
+    # the same flags from a sample file, through the CLI
+    name = specs[0].name
+    np.savez(tmp_path / "x.npz", **sample, **{f"{name}.valid": partial.valid[name]})
+    rc, out, err = cli(capsys, "predict", onnx_path, "--input", tmp_path / "x.npz", "--json", tmp_path / "p.json")
+    assert rc == 0, err
+    assert f"{name} {100 * 2 / specs[0].num_tokens:.0f}% of its tokens" in out
+    got = json.loads((tmp_path / "p.json").read_text())
+    assert got["token_coverage"] == {name: pytest.approx(2 / specs[0].num_tokens)}
+    assert [c for c, _, _ in got["topk"]["action"]] == [c for c, _, _ in outs[0]]
+    np.savez(tmp_path / "bad.npz", **sample, **{f"{name}.valid": np.ones(specs[0].num_tokens + 1, bool)})
+    rc, _, err = cli(capsys, "predict", onnx_path, "--input", tmp_path / "bad.npz")
+    assert rc == 2 and name in err and "tokens" in err
+    np.savez(tmp_path / "stray.npz", **{"nosuch.valid": np.ones(3, bool)}, **sample)
+    rc, _, err = cli(capsys, "predict", onnx_path, "--input", tmp_path / "stray.npz")
+    assert rc == 2 and "nosuch.valid" in err
 
 
 def test_extraction_marks_the_tokens_a_black_stretch_covers(tmp_path, capsys):

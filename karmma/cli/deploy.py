@@ -55,6 +55,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"modalities used: {', '.join(out['present']) or '-'}   (absent: {', '.join(out['absent']) or '-'})")
     for why in dict.fromkeys(reasons.values()):
         print(f"  {', '.join(m for m, w in reasons.items() if w == why)}: {why}")
+    if out.get("token_coverage"):  # modalities present for part of the clip
+        print("present for part of the clip: " + ", ".join(f"{m} {100 * c:.0f}% of its tokens"
+                                                          for m, c in out["token_coverage"].items()))  # fmt: skip
     for task, rows in out["topk"].items():
         print(f"{task}:")
         for rank, (cid, name, prob) in enumerate(rows, 1):
@@ -73,7 +76,8 @@ def add_deploy_commands(sub) -> None:
 
     sp = sub.add_parser("predict", help="predict one sample from whatever modalities it has")
     sp.add_argument("model", help="an .onnx file or a checkpoint/run folder")
-    sp.add_argument("--input", help=".npz/.safetensors with one (num_tokens, dim) array per available modality")
+    sp.add_argument("--input", help=".npz/.safetensors with one (num_tokens, dim) array per available modality "
+                    "(and <modality>.valid: which of its tokens hold data, if it failed in the clip)")  # fmt: skip
     sp.add_argument("--clip", help="a raw clip: a video (MP4/WebM/MKV, audio track optional), an audio file (WAV, "
                     "M4A) or a folder of frames, extracted with the model's own extractors; a stream the clip lacks "
                     "is absent, and a long clip is read in bounded memory")  # fmt: skip

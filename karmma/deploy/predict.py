@@ -1,6 +1,8 @@
 """``karmma predict``: one sample, whatever modalities the device has, from an ONNX file or a
 checkpoint. The sample is an ``.npz`` or ``.safetensors`` file with one ``(num_tokens, dim)``
-array per available modality (a modality not in the file is absent) — or a raw clip
+array per available modality (a modality not in the file is absent), and for a modality present
+for part of the clip a ``(num_tokens,)`` array ``<modality>.valid`` of which tokens hold data
+(:data:`VALID_SUFFIX`; bool, or 0/1) — or a raw clip
 (:func:`clip_sample`: a video with or without an audio track, or a folder of frames), decoded and
 run through the same frozen extractors that made the model's training features."""
 
@@ -17,6 +19,8 @@ from karmma.errors import DataError
 from karmma.io.checkpoint import load_model
 from karmma.limits import DECLARED_BYTES
 from karmma.modalities import ModalitySpec, parse_subset
+
+VALID_SUFFIX = ".valid"  # "<modality>.valid" in a sample file: which of its tokens hold data
 
 
 def read_sample(path: str | Path, only: str | None = None) -> dict[str, np.ndarray]:
@@ -41,12 +45,26 @@ def read_sample(path: str | Path, only: str | None = None) -> dict[str, np.ndarr
         raise
     except (OSError, RuntimeError, Exception) as e:  # zip/safetensors decoding errors
         raise DataError(f"{path}: cannot read the sample ({type(e).__name__}: {e}); the file is corrupt") from e
+    from karmma.data.raw import Raw
+
+    flags = {k.removesuffix(VALID_SUFFIX): sample.pop(k) for k in [k for k in sample if k.endswith(VALID_SUFFIX)]}
     for name, arr in sample.items():
         check_features_dtype(arr.dtype, f"{path}: modality {name!r}")
+    out = Raw(sample)
+    for name, v in flags.items():
+        where = f"{path}: {name}{VALID_SUFFIX}"
+        if name not in sample:
+            raise DataError(f"{where} marks the tokens of a modality the file does not hold; add its tokens or drop it")
+        flag_like = v.dtype == np.bool_ or (np.issubdtype(v.dtype, np.integer) and np.isin(v, (0, 1)).all())
+        if v.ndim != 1 or not flag_like:
+            raise DataError(f"{where}: expected a (num_tokens,) array of bool (or 0/1), got {v.dtype} {v.shape}")
+        out.valid[name] = v.astype(bool)
     if only:
-        keep = parse_subset(only, list(sample))
-        sample = {k: v for k, v in sample.items() if k in keep}
-    return sample
+        keep = parse_subset(only, list(out))
+        for k in [k for k in out if k not in keep]:
+            del out[k]
+            out.valid.pop(k, None)
+    return out
 
 
 class Predictor:
