@@ -83,7 +83,7 @@ def test_select_best_keeps_the_best_validation_epoch_and_patience_stops(tmp_path
 def test_out_of_fold_logits_come_from_teachers_that_never_saw_the_sample(tmp_path, capsys):
     train, val = synthetic_store(tmp_path / "t.h5", "train"), synthetic_store(tmp_path / "v.h5", "val")
     assert cli(capsys, "train", "--config", "demo_teacher", *QUICK, *store_args(train, val), "--run-dir",
-               tmp_path / "teacher", "--set", "optim.epochs=8")[0] == 0  # fmt: skip
+               tmp_path / "teacher", "--set", "optim.epochs=30")[0] == 0  # fmt: skip
     base = ["distill", "--config", "demo_student", "--teacher", tmp_path / "teacher", *QUICK,
             *store_args(train, val, "student"), "--set", "optim.epochs=8"]  # fmt: skip
     rc, plain, err = cli(capsys, *base, "--run-dir", tmp_path / "s")
