@@ -63,6 +63,7 @@ def burst_mask_fns(data: FeatureSet, rates: Sequence[float], seed: int, repeats:
     tokens = None if data.token_present is None else torch.from_numpy(data.token_present)
     modes = fill_modes(data, fill)
     draws: dict[str, dict[str, torch.Tensor]] = {}
+    steps_of: dict[str, float] = {}
     for rate in rates:
         for r in range(repeats):
             g = torch.Generator().manual_seed(burst_seed(seed, mean_burst, rate, r))
@@ -83,12 +84,12 @@ def burst_mask_fns(data: FeatureSet, rates: Sequence[float], seed: int, repeats:
             for p in parts:
                 p["timeline"] = torch.nn.functional.pad(p["timeline"], (0, steps - p["timeline"].shape[2]))
             draws[f"{rate:.1f}/{r}"] = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+            steps_of[f"{rate:.1f}/{r}"] = grid_step(mean_burst, rate)  # the timeline's grid step (s)
     working: dict[int, Draws] = {}
     black: dict[int, Draws] = {}
     for i, s in enumerate(data.specs):
         if raw is not None and s.name in raw.encoders and s.name in data.clip_tokens:
-            timelines = {k: (v["timeline"][:, i].numpy(), grid_step(mean_burst, float(k.split("/")[0])))
-                         for k, v in draws.items()}  # fmt: skip
+            timelines = {k: (v["timeline"][:, i].numpy(), steps_of[k]) for k, v in draws.items()}
             working[i], black[i] = raw.recompute(s.name, data.ids, seconds.numpy(), timelines)
     fns: dict[str, MaskFn] = {}
     for key, v in draws.items():
