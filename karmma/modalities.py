@@ -10,10 +10,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from karmma.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # torch is imported where a mask is made: a torch-free deployment reads the specs
+    import torch
+
+HALF = 0.5  # the coverage from which a token counts as present (:mod:`karmma.presence`)
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,8 @@ def parse_subset(text: str, names: list[str] | tuple[str, ...]) -> tuple[str, ..
 
 def subset_mask(subset: tuple[str, ...], names: list[str] | tuple[str, ...], batch: int) -> torch.Tensor:
     """A ``(batch, M)`` presence mask with exactly the modalities of ``subset`` present."""
+    import torch
+
     row = torch.tensor([n in subset for n in names], dtype=torch.bool)
     return row.unsqueeze(0).expand(batch, -1).clone()
 
@@ -79,6 +85,8 @@ def subset_mask(subset: tuple[str, ...], names: list[str] | tuple[str, ...], bat
 def subset_masks(num_modalities: int) -> torch.Tensor:
     """``(2**M - 1, M)`` bool: row ``j`` is the subset of bit-code ``j + 1`` (modality m <-> ``2**m``),
     the inverse of :func:`subset_index`."""
+    import torch
+
     codes = torch.arange(1, 2**num_modalities)
     return (codes[:, None] >> torch.arange(num_modalities)) & 1 == 1
 
@@ -87,6 +95,8 @@ def dummy_inputs(
     specs: list[ModalitySpec], batch: int, subset: tuple[str, ...] | None = None, seed: int = 0
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Random tokens for every modality and the presence mask of ``subset`` (all when None)."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     names = [s.name for s in specs]
     tokens = [torch.randn(batch, s.num_tokens, s.dim, generator=g) for s in specs]
@@ -99,12 +109,16 @@ def subset_index(mask: torch.Tensor) -> torch.Tensor:
     The index of a non-empty subset is ``code - 1`` in ``[0, 2**M - 2]``; used to look up cached
     teacher logits per subset.
     """
+    import torch
+
     weights = 2 ** torch.arange(mask.shape[1], device=mask.device)
     return (mask.long() * weights).sum(1) - 1
 
 
 def check_mask(mask: torch.Tensor, sample_ids: list[str] | None = None) -> None:
     """Raise :class:`DataError` if any sample has no modality present."""
+    import torch
+
     if mask.dtype != torch.bool or mask.dim() != 2:
         raise DataError(f"presence mask must be a (B, M) bool tensor, got {tuple(mask.shape)} {mask.dtype}")
     empty = (~mask.any(1)).nonzero().flatten().tolist()

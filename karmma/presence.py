@@ -24,8 +24,7 @@ from collections.abc import Sequence
 import torch
 
 from karmma.errors import DataError
-
-HALF = 0.5  # the coverage from which a resampled token counts as present
+from karmma.modalities import HALF  # noqa: F401  (the coverage from which a resampled token counts as present)
 
 
 def counts_of(specs: Sequence) -> list[int]:

@@ -110,11 +110,12 @@ def train_demo_student(run: Path) -> Path:
     return run
 
 
-def train_clip_model(root: Path, reader: str) -> Path:
+def train_clip_model(root: Path, reader: str, encoder: str = "pool") -> Path:
     """A model whose extractor is recorded, for ``predict --clip``: ``video`` (rgb, flow, a 32-band
     spectrogram; six clips with sound) or ``epic100`` (rgb, flow, 128-band log-mel; a tiny EPIC tree
     and ``test.h5``, an unlabelled store of two segments for ``karmma submit``), extracted and
-    trained (student preset, one epoch) through the CLI. Returns the run folder."""
+    trained (student preset, one epoch) through the CLI, with the extractor family ``encoder``.
+    Returns the run folder."""
     from tests.media_trees import clip_frames, epic_csv, epic_tree, tone, write_clip
 
     if reader == "video":
@@ -131,8 +132,9 @@ def train_clip_model(root: Path, reader: str) -> Path:
         rows = [("P02_01_0", "P02_01", 1, 30, 0, 0), ("P02_01_1", "P02_01", 31, 60, 0, 0)]
         test = epic_csv(root / "EPIC_100_test_timestamps.csv", rows, labelled=False)
         argv = ["extract", "epic100", "--root", str(root / "tree"), "--annotations"]
-        assert main([*argv, str(test), "--out", str(root / "test.h5"), "--no-progress"]) == 0
+        assert main([*argv, str(test), "--out", str(root / "test.h5"), "--encoder", encoder, "--no-progress"]) == 0
         argv, config = [*argv, str(ann)], "epic100_student"
+    argv += ["--encoder", encoder]
     assert main([*argv, "--out", str(root / "train.h5"), "--no-progress"]) == 0
     run = root / "run"
     store = root / "train.h5"

@@ -30,6 +30,7 @@ LAYERS = [
     ("io", ["karmma.io"]),
     ("evaluation", ["karmma.evaluation"]),
     ("engine", ["karmma.engine"]),
+    ("runtime", ["karmma.runtime"]),
     ("deploy", ["karmma.deploy"]),
     ("experiments (app)", ["karmma.experiments"]),
     ("cli (app)", ["karmma.cli", "karmma.__main__"]),
@@ -148,7 +149,9 @@ def test_no_module_is_over_400_lines():
     assert long == {}
 
 
-@pytest.mark.parametrize("entry", ["karmma.deploy.predict", "karmma.deploy.export", "karmma.cli.main"])
+@pytest.mark.parametrize(
+    "entry", ["karmma.deploy.predict", "karmma.deploy.export", "karmma.cli.main", "karmma.runtime"]
+)
 def test_deployment_imports_no_dataset_reader_store_writer_or_experiment(entry):
     code = (
         f"import sys, {entry}\n"
@@ -179,3 +182,13 @@ def test_the_cli_knows_the_feature_formats_import_features_reads():
             [sys.executable, "-m", "karmma", "import-features", "--help"], capture_output=True, text=True, check=True
         ).stdout
     )
+
+
+def test_the_runtime_imports_no_torch_h5py_onnx_or_scipy_signal():
+    """A robot runs an export folder with onnxruntime, numpy, PyAV and OpenCV only (`karmma.runtime`)."""
+    code = (
+        "import sys, karmma.runtime, karmma.runtime.stream, karmma.runtime.clip, karmma.cli.stream\n"
+        "print(sorted(m for m in ('torch', 'h5py', 'onnx', 'scipy.signal') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", out

@@ -228,5 +228,8 @@ def test_predict_clip_imports_no_dataset_reader_store_writer_or_experiment(model
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     loaded = [line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")]
-    bad = [m for m in loaded if m.startswith(("karmma.data.readers", "karmma.data.store_writer", "karmma.experiments"))]
+    # scipy.signal computes the generic video format's spectrogram (SciPy's STFT): only that model loads it
+    heavy = ("onnx", "h5py") if model == "video_model" else ("onnx", "h5py", "scipy.signal")
+    bad = [m for m in loaded if m.startswith(("karmma.data.readers", "karmma.data.store_writer", "karmma.experiments"))
+           or m in heavy]  # fmt: skip
     assert "karmma.deploy.predict" in loaded and bad == []

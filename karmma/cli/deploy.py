@@ -14,13 +14,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     from karmma.io.checkpoint import load_model
     from karmma.paths import no_dangling_link, writable_file
 
-    if not Path(args.out).is_dir():  # a folder is refused by export_onnx, with a file name to use
-        writable_file(args.out, "--out")
-    model, meta = load_model(no_dangling_link(args.model, "model"))
-    path = export_onnx(model, meta, args.out)
-    report = verify_onnx(model, path, seed=args.seed)
-    print(f"exported {path}")
-    print("| subset | max abs diff |\n|---|---:|")
+    if args.pipeline:
+        from karmma.deploy.export_pipeline import export_pipeline, verify_pipeline
+
+        model, meta = load_model(no_dangling_link(args.model, "model"))
+        path = export_pipeline(model, meta, args.out or "deploy")
+        report = verify_pipeline(model, path, seed=args.seed)
+        print(f"exported {path}/ (fusion, frozen backbones and pipeline.json: runs without PyTorch)")
+    else:
+        args.out = args.out or "student.onnx"
+        if not Path(args.out).is_dir():  # a folder is refused by export_onnx, with a file name to use
+            writable_file(args.out, "--out")
+        model, meta = load_model(no_dangling_link(args.model, "model"))
+        path = export_onnx(model, meta, args.out)
+        report = verify_onnx(model, path, seed=args.seed)
+        print(f"exported {path}")
+    print("| part | max abs diff |\n|---|---:|")
     for subset, diff in report["max_abs_diff"].items():
         print(f"| {subset} | {diff:.2e} |")
     ok = report["ok"]
@@ -45,13 +54,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.clip:
         from karmma.deploy.predict import clip_sample, parse_only
 
-        sample = clip_sample(predictor, args.clip, parse_only(args.modalities, predictor))
+        only = parse_only(args.modalities, predictor)
+        if args.no_flow:  # flow is the expensive stream: a deployment without it
+            only = tuple(m for m in only if m != "flow")
+        sample = clip_sample(predictor, args.clip, only)
         reasons = sample.absent
     else:
         sample = read_sample(no_dangling_link(args.input, "--input"), only=args.modalities)
     out = predictor.predict(sample, topk=args.topk)
-    if args.clip and args.modalities:
-        reasons = {m: reasons.get(m, "left out by --modalities") for m in out["absent"]}
+    if args.clip and (args.modalities or args.no_flow):
+        left = "left out by --modalities" if args.modalities else "left out by --no-flow"
+        reasons = {m: reasons.get(m, left) for m in out["absent"]}
     print(f"modalities used: {', '.join(out['present']) or '-'}   (absent: {', '.join(out['absent']) or '-'})")
     for why in dict.fromkeys(reasons.values()):
         print(f"  {', '.join(m for m, w in reasons.items() if w == why)}: {why}")
@@ -70,7 +83,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def add_deploy_commands(sub) -> None:
     sp = sub.add_parser("export", help="export a model to ONNX (presence mask as an input), verified in onnxruntime")
     sp.add_argument("model")
-    sp.add_argument("--out", default="student.onnx")
+    sp.add_argument("--out", help="the .onnx file (default student.onnx); with --pipeline, a folder (default deploy)")
+    sp.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="export the whole pipeline (frozen backbones, "
+        "fusion, heads, preprocessing spec) into a folder; predict and stream run it without PyTorch",
+    )
+
     sp.add_argument("--seed", type=seed, default=0)
     sp.set_defaults(func=cmd_export)
 
@@ -82,6 +102,7 @@ def add_deploy_commands(sub) -> None:
                     "M4A) or a folder of frames, extracted with the model's own extractors; a stream the clip lacks "
                     "is absent, and a long clip is read in bounded memory")  # fmt: skip
     sp.add_argument("--modalities", help="use only these (e.g. rgb+audio)")
+    sp.add_argument("--no-flow", action="store_true", help="with --clip: leave optical flow out (its tokens absent)")
     sp.add_argument("--topk", type=positive_int, default=5, help="how many classes to show per task (>= 1)")
     sp.add_argument("--json", help="also write the prediction as JSON here")
     sp.set_defaults(func=cmd_predict)

@@ -12,6 +12,7 @@ from karmma.cli.args import burst_lengths, positive_int, seconds, seed
 from karmma.cli.deploy import add_deploy_commands
 from karmma.cli.epic import add_epic_commands
 from karmma.cli.experiments import add_experiment_commands
+from karmma.cli.stream import add_stream_command
 from karmma.errors import Interrupted, KarmmaError
 
 
@@ -259,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_cost)
 
     add_deploy_commands(sub)
+    add_stream_command(sub)
 
     sp = sub.add_parser("extract", help="decode media, compute flow, run frozen encoders, write a feature store")
     sp.add_argument(

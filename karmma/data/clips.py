@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import scipy.signal
 
 from karmma.data.media.decode import AUDIO_RATE, MEL_BANDS, Clip, log_mel
 from karmma.data.raw import Raw
@@ -111,6 +110,8 @@ def spectrogram(x: np.ndarray, rate: int, bins: int = AUDIO_BINS) -> np.ndarray:
 def spectrogram_framing(rate: int, bins: int = AUDIO_BINS, nperseg: int = 512, hop: int = 256):
     """:func:`spectrogram` as a :class:`~karmma.data.media.audio_stream.Framing`: each block is
     ``scipy.signal.stft`` of a run of the padded signal, so every frame is SciPy's own."""
+    import scipy.signal  # here, not at the top: a deployment of another clip format never imports it
+
     from karmma.data.media.audio_stream import Framing
 
     def features(run: np.ndarray) -> np.ndarray:
@@ -167,3 +168,19 @@ CLIP_FORMATS: dict[str, Callable[[Path, tuple[str, ...]], Raw]] = {
     "ssv2": ssv2_clip,
     "video": video_clip,
 }
+
+
+def preprocessing(reader: str) -> dict:
+    """How a clip format turns a clip into raw modalities, as recorded in a deployment's
+    ``pipeline.json`` and read back by the streaming runtime (:mod:`karmma.runtime.stream`):
+    frame size (H, W), frames sampled over a clip (None: every frame), audio features."""
+    if reader == "video":
+        audio = {"features": "spectrogram", "rate": AUDIO_RATE, "bands": AUDIO_BINS, "nperseg": 512, "hop": 256}
+        return {"frame_size": list(VIDEO_FRAME_SIZE), "frames_per_clip": None, "rgb_frames_per_clip": None,
+                "flow": "farneback", "audio": audio}  # fmt: skip
+    from karmma.data.media.decode import MEL_HOP_S, MEL_NFFT, MEL_WINDOW_S
+
+    audio = {"features": "log_mel", "rate": AUDIO_RATE, "bands": MEL_BANDS, "window_s": MEL_WINDOW_S,
+             "hop_s": MEL_HOP_S, "n_fft": MEL_NFFT}  # fmt: skip
+    return {"frame_size": list(FRAME_SIZE), "frames_per_clip": 2 * NUM_FRAMES, "rgb_frames_per_clip": NUM_FRAMES,
+            "flow": "farneback", "audio": audio if reader == "epic100" else None}  # fmt: skip

@@ -305,34 +305,13 @@ class PairedFeatureSet:
 def tokens_from_mapping(
     specs: Sequence[ModalitySpec], sample: Mapping[str, np.ndarray], source: str
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """One sample's available modalities (a name -> array mapping) as a batch of one.
+    """One sample's available modalities (a name -> array mapping) as a batch of one
+    (:func:`karmma.data.sample.sample_tokens`, as tensors). Modalities not in ``sample`` are absent;
+    :class:`DataError` on unknown modalities, wrong shapes, NaN/Inf or an empty set."""
+    from karmma.data.sample import sample_tokens
 
-    Modalities not in ``sample`` are absent. Raises :class:`DataError` on unknown modalities,
-    wrong shapes, NaN/Inf or an empty set.
-    """
-    names = [s.name for s in specs]
-    unknown = sorted(set(sample) - set(names))
-    if unknown:
-        raise DataError(f"{source}: unknown modality {unknown}; this model takes {names}")
-    if not sample:
-        raise DataError(f"{source}: no modality given; supply at least one of {names}")
-    tokens, present = [], []
-    for s in specs:
-        if s.name in sample:
-            x = np.asarray(sample[s.name], dtype=np.float32)
-            if x.shape != s.shape:
-                raise DataError(
-                    f"{source}: modality {s.name!r} has shape {x.shape}, expected {s.shape} "
-                    "(num_tokens, dim); extract it with the extractor this model was trained on"
-                )
-            if not np.isfinite(x).all():
-                raise DataError(f"{source}: modality {s.name!r} holds NaN/Inf values")
-            tokens.append(torch.from_numpy(x)[None])
-            present.append(True)
-        else:
-            tokens.append(torch.zeros(1, *s.shape))
-            present.append(False)
-    return tokens, torch.tensor([present])
+    tokens, present = sample_tokens(specs, sample, source)
+    return [torch.from_numpy(t) for t in tokens], torch.from_numpy(present)
 
 
 # their home before 0.2 (imported at the end: they take the classes above)

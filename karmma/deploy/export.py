@@ -25,14 +25,13 @@ import torch
 from torch import nn
 
 from karmma import presence
-from karmma.errors import DataError, KarmmaError
+from karmma.errors import DataError
 from karmma.io.checkpoint import MODEL_VERSION
-from karmma.modalities import ModalitySpec, all_subsets, dummy_inputs, subset_name
+from karmma.modalities import all_subsets, dummy_inputs, subset_name
 from karmma.models.karmma import KARMMA
+from karmma.runtime.backends import PER_TOKEN  # the metadata's ``presence`` (its home before 0.3 was here)
 
 log = logging.getLogger(__name__)
-
-PER_TOKEN = "per_token"  # the metadata's ``presence``: the file takes ``present`` (B, ΣN_m)
 
 
 class _Positional(nn.Module):
@@ -94,47 +93,17 @@ def export_onnx(model: KARMMA, meta: dict, path: str | Path, opset: int = 17) ->
 
 def onnx_metadata(path: str | Path) -> dict:
     """The karmma metadata inside an exported file; :class:`DataError` for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"ONNX file {path} does not exist; create it with `karmma export`")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # protobuf DecodeError, truncated files, ...
-        raise DataError(
-            f"{path}: not a readable ONNX model ({type(e).__name__}); the file is truncated or "
-            "not ONNX — export it again with `karmma export`"
-        ) from e
-    props = {p.key: p.value for p in proto.metadata_props}
-    if "karmma" not in props:
-        raise DataError(
-            f"{path}: this ONNX model has no karmma metadata (modalities, tasks); "
-            "predict takes files written by `karmma export`"
-        )
-    try:
-        meta = json.loads(props["karmma"])
-        [ModalitySpec(**d) for d in meta["specs"]]
-        if not isinstance(meta["tasks"], dict):
-            raise TypeError("tasks is not a mapping")
-    except (json.JSONDecodeError, KeyError, TypeError, KarmmaError) as e:
-        raise DataError(f"{path}: its karmma metadata is corrupt ({e}); export the model again") from e
-    return meta
+    from karmma.runtime.backends import onnx_meta, ort_session
+
+    return onnx_meta(ort_session(path)[1], path)
 
 
 def onnx_feed(names: list[str], tokens: list[torch.Tensor], present: torch.Tensor,
               meta: dict | None = None) -> dict[str, np.ndarray]:  # fmt: skip
-    """The onnxruntime inputs of an exported model: one array per modality and ``present`` in the
-    form the file takes (``meta``: its metadata; None: as given)."""
-    if meta is not None:
-        counts = [t.shape[1] for t in tokens]
-        if meta.get("presence") == PER_TOKEN and present.shape[1] != sum(counts):
-            present = presence.per_token(present.bool(), counts)
-        elif meta.get("presence") != PER_TOKEN and present.shape[1] != len(counts):  # a 0.1 export
-            whole, partial = presence.normalize(present, counts)
-            if partial is not None:
-                log.warning("this ONNX file (exported before 0.2) takes whole-modality presence: a modality "
-                            "present for part of the clip is given as present; export the model again")  # fmt: skip
-            present = whole
-    return {**{n: t.numpy() for n, t in zip(names, tokens)}, "present": present.numpy()}
+    """The onnxruntime inputs of an exported model (:func:`karmma.runtime.backends.ort_feed`)."""
+    from karmma.runtime.backends import ort_feed
+
+    return ort_feed(names, [t.numpy() for t in tokens], present.numpy(), meta)
 
 
 def verify_onnx(model: KARMMA, path: str | Path, seed: int = 0, batch: int = 4, tol: float = 1e-4) -> dict:

@@ -24,11 +24,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from karmma.extractors.backbone_inputs import (
+    BACKBONES,
+    SIGNAL_STEPS,
+    Resampled,
+    flow_images,
+    flow_tokens,
+    frame_features,
+    frame_images,
+    frame_tokens,
+)  # fmt: skip
 from karmma.extractors.efficientnet_lite import EfficientNetLite, load_pretrained
-from karmma.extractors.encoders import segment_bounds
 
-BACKBONES = {"teacher": ("lite2", 224), "student": ("lite0", 128)}  # paper-unknown default
-SIGNAL_STEPS = 32  # paper-unknown default: time steps of a resampled raw signal
+__all__ = ["BACKBONES", "SIGNAL_STEPS", "BackboneFlow", "BackboneFrames", "Resampled", "backbone", "embed_images"]
 
 
 @functools.lru_cache(maxsize=4)
@@ -49,11 +57,6 @@ def embed_images(images: np.ndarray, variant: str, resolution: int) -> np.ndarra
     return backbone(variant).forward_features(x).numpy()
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    lo, hi = float(x.min()), float(x.max())
-    return np.zeros_like(x) if hi <= lo else (x - lo) / (hi - lo)
-
-
 @dataclass(frozen=True)
 class BackboneFrames:
     num_tokens: int
@@ -66,17 +69,16 @@ class BackboneFrames:
         return EfficientNetLite.FEATURE_DIM * (2 if self.motion else 1)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        f = np.asarray(frames, np.float32)
-        f = f[..., None] if f.ndim == 3 else f
-        f = _unit(f)
-        segs = segment_bounds(len(f), self.num_tokens)
-        images = [f[(a + b - 1) // 2] for a, b in segs]
-        if self.motion:
-            diff = np.abs(np.diff(f, axis=0, prepend=f[:1]))
-            images += [_unit(diff[a:b].sum(0)) for a, b in segs]
-        feats = embed_images(np.stack(images), self.variant, self.resolution)
-        n = self.num_tokens
-        return np.concatenate([feats[:n], feats[n:]], axis=1) if self.motion else feats
+        return frame_tokens(frames, self.num_tokens, self.embed, self.motion)
+
+    def images(self, frames: np.ndarray) -> np.ndarray:  # what the backbone sees (a stream batches them)
+        return frame_images(frames, self.num_tokens, self.motion)
+
+    def tokens(self, feats: np.ndarray) -> np.ndarray:
+        return frame_features(feats, self.num_tokens, self.motion)
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        return embed_images(images, self.variant, self.resolution)
 
 
 @dataclass(frozen=True)
@@ -90,32 +92,13 @@ class BackboneFlow:
         return EfficientNetLite.FEATURE_DIM
 
     def __call__(self, flow: np.ndarray) -> np.ndarray:
-        flow = np.asarray(flow, np.float32)  # (T-1, H, W, 3): u, v, magnitude
-        scale = max(float(np.percentile(flow[..., 2], 99)), 1e-3)
-        images = []
-        for a, b in segment_bounds(len(flow), self.num_tokens):
-            m = flow[a:b].mean(0) / scale
-            images.append(np.stack([0.5 + 0.5 * np.clip(m[..., 0], -1, 1), 0.5 + 0.5 * np.clip(m[..., 1], -1, 1),
-                                    np.clip(m[..., 2], 0, 1)], axis=-1))  # fmt: skip
-        return embed_images(np.stack(images), self.variant, self.resolution)
+        return flow_tokens(flow, self.num_tokens, self.embed)
 
+    def images(self, flow: np.ndarray) -> np.ndarray:
+        return flow_images(flow, self.num_tokens)
 
-@dataclass(frozen=True)
-class Resampled:
-    """A (T, C) signal linearly resampled to ``num_tokens`` steps (+ velocities): (steps, C[*2])."""
+    def tokens(self, feats: np.ndarray) -> np.ndarray:
+        return feats
 
-    num_tokens: int
-    channels: int
-    velocity: bool = False
-
-    @property
-    def dim(self) -> int:
-        return self.channels * (2 if self.velocity else 1)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, np.float32)
-        t = np.linspace(0, len(x) - 1, self.num_tokens)
-        out = np.stack([np.interp(t, np.arange(len(x)), x[:, c]) for c in range(x.shape[1])], axis=1)
-        if self.velocity:
-            out = np.concatenate([out, np.gradient(out, axis=0) * (self.num_tokens / 8.0)], axis=1)
-        return out.astype(np.float32)
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        return embed_images(images, self.variant, self.resolution)

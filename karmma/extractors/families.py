@@ -13,7 +13,7 @@ import numpy as np
 
 from karmma.data.raw import Kind
 from karmma.errors import DataError
-from karmma.extractors.encoders import CNNEncoder, PoolFrames, PoolSignal, WithVelocity, encoder_path
+from karmma.extractors.encoders import PoolFrames, PoolSignal, WithVelocity
 from karmma.registries import EXTRACTORS
 
 NUM_TOKENS = 8
@@ -50,6 +50,8 @@ def pool_family(kinds: Kinds, size: str, weights: str | Path | None = None) -> d
 @EXTRACTORS.register("cnn")
 def cnn_family(kinds: Kinds, size: str, weights: str | Path | None = None) -> dict[str, Encoder]:
     """Pretrained CNN encoders from local files (``--weights DIR``)."""
+    from karmma.extractors.cnn import CNNEncoder, encoder_path
+
     if not weights:
         raise DataError("--encoder cnn needs --weights DIR holding {modality}_{teacher,student}.safetensors")
     out: dict[str, Encoder] = {m: CNNEncoder.from_pretrained(encoder_path(weights, m, size)) for m in kinds}

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import scipy.io.wavfile
 
 from karmma.data.media.container import NoStream, TooFewFrames, _open  # noqa: F401  (their home before 0.2)
 from karmma.data.media.mel import hz_to_mel, mel_filterbank, mel_to_hz  # noqa: F401  (their home before 0.2)
@@ -164,6 +163,8 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     """(T, C) float32 in [-1, 1] and the sample rate."""
     path = Path(path)
     try:
+        import scipy.io.wavfile  # here: a video-only deployment never loads SciPy
+
         rate, x = scipy.io.wavfile.read(str(path))
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: cannot read WAV audio ({e}); convert it to PCM WAV") from e
