@@ -14,7 +14,8 @@ def cmd_import_features(args: argparse.Namespace) -> int:
 
     summary = import_features(
         args.format, args.source, args.annotations, args.out, tokens=args.tokens,
-        feature_set=args.feature_set, dtype=args.dtype, progress=not args.no_progress,
+        feature_set=args.feature_set, dtype=args.dtype, progress=not args.no_progress, stride=args.stride,
+        window=args.window, fps=args.fps, modality=args.modality,
     )  # fmt: skip
     print(f"feature store: {args.out} ({summary['samples']} segments)")
     for m, shape in summary["modalities"].items():
@@ -76,16 +77,28 @@ def submission_gaps(store: str, ids: list[str], annotations: str | None) -> list
     return missing
 
 
+FEATURE_FORMATS = ("mtcn", "npy", "tbn", "actionformer", "tim", "ego4d", "timeline")
+
+
 def add_epic_commands(sub: argparse._SubParsersAction) -> None:
 
     sp = sub.add_parser("import-features", help="community pre-extracted EPIC-100 features -> a feature store")
-    sp.add_argument("--format", required=True, choices=("mtcn", "npy", "tbn"),
-                    help="mtcn: HDF5 visual_features/audio_features; npy: <modality>/<narration_id>.npy or "
-                    "<narration_id>.npz; tbn: EPIC UDA TBN pickles (read by a restricted unpickler)")  # fmt: skip
+    sp.add_argument("--format", required=True, choices=FEATURE_FORMATS,
+                    help="per segment: mtcn (HDF5 visual_features/audio_features), npy (<modality>/<narration_id>.npy "
+                    "or <narration_id>.npz), tbn (EPIC UDA TBN pickles, a restricted unpickler); per video, by "
+                    "timestamps: actionformer (<video_id>.npz feats, stride 16 / window 32 at 30 fps), tim "
+                    "(<video_id>.npy, 0.2 s / 1 s), ego4d (<video_id>.npy, 16 / 32 at 30 fps), timeline (--stride "
+                    "--window --fps)")  # fmt: skip
     sp.add_argument("--source", required=True, help="the feature file or folder")
     sp.add_argument("--annotations", required=True, help="EPIC_100_train.csv / _validation.csv / _test_timestamps.csv")
     sp.add_argument("--out", required=True, help="the .h5 feature store to write")
-    sp.add_argument("--tokens", type=positive_int, help="tokens per modality (default: the most common clip count)")
+    sp.add_argument("--tokens", type=positive_int, help="tokens per modality (default: the most common clip count; "
+                    "8 for per-video formats)")  # fmt: skip
+    sp.add_argument("--stride", type=float, help="timeline: the features' stride (frames at --fps, or seconds)")
+    sp.add_argument("--window", type=float, help="timeline: each feature's window (frames at --fps, or seconds)")
+    sp.add_argument("--fps", type=float, help="timeline: the frame rate --stride and --window count in")
+    sp.add_argument("--modality", default="rgb", help="per-video formats: the modality a folder of files holds "
+                    "(a folder of sub-folders names one modality each)")  # fmt: skip
     sp.add_argument("--feature-set", default="teacher", help="the feature-set name (data.feature_set)")
     sp.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     sp.add_argument("--no-progress", action="store_true")

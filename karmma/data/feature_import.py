@@ -50,7 +50,7 @@ from karmma.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("mtcn", "npy", "tbn")
+FORMATS = ("mtcn", "npy", "tbn", "actionformer", "tim", "ego4d", "timeline")
 
 
 def checked_shape(shape: tuple[int, ...] | None, dtype: np.dtype, where: str) -> tuple[int, ...]:
@@ -223,7 +223,7 @@ def as_tokens(x: np.ndarray, n: int) -> np.ndarray:
     return x[np.linspace(0, len(x) - 1, n).round().astype(int)].astype(np.float32)  # the rows kept, then float
 
 
-def _specs(feats: _Source, wanted: set[str], tokens: int | None) -> list[ModalitySpec]:
+def _specs(feats: Any, wanted: set[str], tokens: int | None) -> list[ModalitySpec]:
     """One spec per modality with annotated features (their shapes read from the headers)."""
     specs = []
     for m in sorted(feats.names):
@@ -253,10 +253,17 @@ def import_features(
     feature_set: str = "teacher",
     dtype: str = "float32",
     progress: bool = False,
+    stride: float | None = None,
+    window: float | None = None,
+    fps: float | None = None,
+    modality: str = "rgb",
 ) -> dict:
     """Write the features of every annotated segment; returns the summary (also in
-    ``<out>.summary.json``)."""
-    if fmt not in READ:
+    ``<out>.summary.json``). Time-indexed formats (:mod:`karmma.data.timeline_import`) take
+    ``stride``/``window``/``fps`` (``timeline`` only) and name a folder of files ``modality``."""
+    from karmma.data import timeline_import as tl
+
+    if fmt not in READ and fmt not in tl.TIMELINE_FORMATS:
         raise DataError(f"unknown feature format {fmt!r}; choose one of {FORMATS}")
     if tokens is not None and tokens < 1:
         raise DataError(f"--tokens {tokens}: give at least 1 token per modality")
@@ -267,7 +274,13 @@ def import_features(
     check_file_writable(out, "feature store")
     not_an_input(out, {"--source": source, "--annotations": Path(annotations),
                        **{p.name: p for p in epic.class_files_beside(Path(annotations))}})  # fmt: skip
-    with READ[fmt](source) as feats:
+    if fmt in tl.TIMELINE_FORMATS:
+        lay = tl.layout(fmt, stride, window, fps)
+        tokens = tokens or tl.DEFAULT_TOKENS
+        opened: Any = tl.Timeline(source, segments, lay, modality, tl.video_durations(Path(annotations)))
+    else:
+        opened = READ[fmt](source)
+    with opened as feats:
         if not feats.names:
             raise DataError(f"{source}: no features found for --format {fmt}")
         wanted = {s.narration_id for s in segments}
@@ -290,7 +303,7 @@ def import_features(
     return summary
 
 
-def _write(feats: _Source, have: list, specs: list[ModalitySpec], out: Path, fmt: str, feature_set: str,
+def _write(feats: Any, have: list, specs: list[ModalitySpec], out: Path, fmt: str, feature_set: str,
            dtype: str, annotations: str | Path, progress: bool) -> None:  # fmt: skip
     """The store, written under a temporary name beside ``out`` and renamed when complete: an
     existing store is replaced only by a whole one."""

@@ -36,6 +36,8 @@ class Segment:
     verb_class: int | None
     noun_class: int | None
     narration: str = ""
+    start_s: float | None = None  # start_timestamp / stop_timestamp in seconds, when the CSV has them
+    stop_s: float | None = None
 
 
 def _rows(path: str | Path, required: list[str], id_column: str | None = None) -> list[dict]:
@@ -92,6 +94,10 @@ def read_annotations(path: str | Path, num_verbs: int = NUM_VERBS, num_nouns: in
             noun = int(r["noun_class"]) if r.get("noun_class") not in (None, "") else None
             seg = Segment(r["narration_id"], r["participant_id"], r["video_id"], int(r["start_frame"]),
                           int(r["stop_frame"]), verb, noun, r.get("narration", "") or "")  # fmt: skip
+            if r.get("start_timestamp") and r.get("stop_timestamp"):
+                from karmma.data.timeline_import import seconds
+
+                seg.start_s, seg.stop_s = seconds(r["start_timestamp"]), seconds(r["stop_timestamp"])
         except ValueError as e:
             raise DataError(f"{path}, line {i} ({r.get('narration_id')}): {e}") from e
         if verb is not None and not 0 <= verb < num_verbs:
