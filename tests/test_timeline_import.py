@@ -24,7 +24,8 @@ def stamp(t: float) -> str:
 
 def annotations(folder, segments=SEGMENTS):
     rows = [f"{nid},{vid.split('_')[0]},{vid},{stamp(a)},{stamp(a)},{stamp(b)},{int(a * 60)},{int(b * 60)},"
-            f"take cup,take,0,cup,{k % 3},['cup'],[{k % 3}]\n" for k, (nid, vid, a, b) in enumerate(segments)]  # fmt: skip
+            f"take cup,take,0,cup,{k % 3},['cup'],[{k % 3}]\n"
+            for k, (nid, vid, a, b) in enumerate(segments)]  # fmt: skip
     path = folder / "EPIC_100_train.csv"
     folder.mkdir(parents=True, exist_ok=True)
     path.write_text(EPIC_HEADER + "".join(rows))
@@ -37,8 +38,9 @@ def rows(count: int, dim: int, views: int = 0) -> np.ndarray:
 
 
 def imp(tmp_path, fmt, source, *extra, ann=None):
-    return ["import-features", "--format", fmt, "--source", str(source), "--annotations",
-            str(ann or annotations(tmp_path / "ann")), "--out", str(tmp_path / "s.h5"), "--no-progress", *extra]  # fmt: skip
+    ann = ann or annotations(tmp_path / "ann")
+    return ["import-features", "--format", fmt, "--source", str(source), "--annotations", str(ann),
+            "--out", str(tmp_path / "s.h5"), "--no-progress", *extra]  # fmt: skip
 
 
 def taken(store, modality="rgb") -> dict[str, list[int]]:

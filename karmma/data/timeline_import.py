@@ -70,9 +70,11 @@ def layout(fmt: str, stride: float | None = None, window: float | None = None, f
 
 
 def seconds(stamp: str) -> float:
-    """``HH:MM:SS.ff`` (EPIC's timestamps) -> seconds."""
+    """``HH:MM:SS.ff`` (EPIC's timestamps), or plain seconds -> seconds."""
     m = re.fullmatch(r"\s*(\d+):(\d{1,2}):(\d{1,2}(?:\.\d+)?)\s*", stamp or "")
     if not m:
+        if re.fullmatch(r"\s*\d+(\.\d+)?\s*", stamp or ""):
+            return float(stamp)
         raise ValueError(f"{stamp!r} is not a HH:MM:SS.ff timestamp")
     return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
 

@@ -85,12 +85,15 @@ def epic_report(model: torch.nn.Module, data: FeatureSet, annotations: str | Pat
 
 
 def format_epic(report: dict[str, dict[str, dict[str, float]]]) -> str:
-    """Markdown: one row per model and group (overall / tail / unseen)."""
+    """Markdown: one row per model and group (overall / tail / unseen), with the group's instances
+    (one count, or verb/noun/action counts where they differ: the tail group)."""
     keys = [f"{t}_top{k}" for t in ("verb", "noun", "action") for k in (1, 5)]
-    lines = ["| model | group | " + " | ".join(keys) + " |", "|---|---|" + "---:|" * len(keys)]
+    lines = ["| model | group | instances | " + " | ".join(keys) + " |", "|---|---|---:|" + "---:|" * len(keys)]
     for model, groups in report.items():
         for g, m in groups.items():
-            lines.append(f"| {model} | {g} | " + " | ".join(f"{m[k]:.2f}" for k in keys) + " |")
+            counts = [m.get(f"{t}_n") for t in ("verb", "noun", "action")]
+            n = "-" if None in counts else str(counts[0]) if len(set(counts)) == 1 else "/".join(map(str, counts))
+            lines.append(f"| {model} | {g} | {n} | " + " | ".join(f"{m[k]:.2f}" for k in keys) + " |")
     return "\n".join(lines)
 
 

@@ -52,6 +52,13 @@ def test_action_scores_and_metrics(tmp_path):
     assert m["overall"]["action_top1"] == 50.0 and m["overall"]["action_top5"] == 100.0
     assert m["tail"]["verb_top1"] == 100.0 and np.isnan(m["tail"]["noun_top1"])
     assert m["unseen"]["verb_top1"] == 100.0  # P01 is the participant of sample 1 only ('..._1')
+    # instance counts per group: the tail's differ per task (one tail verb instance, no tail noun)
+    assert (m["overall"]["verb_n"], m["unseen"]["noun_n"]) == (2, 1)
+    assert (m["tail"]["verb_n"], m["tail"]["noun_n"], m["tail"]["action_n"]) == (1, 0, 1)
+    from karmma.evaluation.epic_eval import format_epic
+
+    table = format_epic({"student": m})
+    assert "| student | overall | 2 |" in table and "| student | tail | 1/0/1 |" in table
 
 
 def test_submission_json(tmp_path):

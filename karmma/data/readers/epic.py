@@ -94,10 +94,7 @@ def read_annotations(path: str | Path, num_verbs: int = NUM_VERBS, num_nouns: in
             noun = int(r["noun_class"]) if r.get("noun_class") not in (None, "") else None
             seg = Segment(r["narration_id"], r["participant_id"], r["video_id"], int(r["start_frame"]),
                           int(r["stop_frame"]), verb, noun, r.get("narration", "") or "")  # fmt: skip
-            if r.get("start_timestamp") and r.get("stop_timestamp"):
-                from karmma.data.timeline_import import seconds
-
-                seg.start_s, seg.stop_s = seconds(r["start_timestamp"]), seconds(r["stop_timestamp"])
+            seg.start_s, seg.stop_s = _stamp(r.get("start_timestamp")), _stamp(r.get("stop_timestamp"))
         except ValueError as e:
             raise DataError(f"{path}, line {i} ({r.get('narration_id')}): {e}") from e
         if verb is not None and not 0 <= verb < num_verbs:
@@ -113,6 +110,17 @@ def read_annotations(path: str | Path, num_verbs: int = NUM_VERBS, num_nouns: in
     if not out:
         raise DataError(f"{path}: has a header but no segment")
     return out
+
+
+def _stamp(text: str | None) -> float | None:
+    """A timestamp in seconds, or None (absent or unreadable: only time-indexed features need it,
+    and their import says so)."""
+    from karmma.data.timeline_import import seconds
+
+    try:
+        return seconds(text) if text else None
+    except ValueError:
+        return None
 
 
 def segment_labels(segments: list[Segment]) -> tuple[dict[str, list[int]], bool]:
@@ -185,7 +193,9 @@ def epic_metrics(
     unseen_participants: set[str] | None = None,
     ks: tuple[int, ...] = (1, 5),
 ) -> dict[str, dict[str, float]]:
-    """``{"overall"|"tail"|"unseen": {"verb_top1", ..., "action_top5"}}`` in percent."""
+    """``{"overall"|"tail"|"unseen": {"verb_top1", ..., "action_top5"}}`` in percent, and each
+    group's instance counts ``verb_n``, ``noun_n``, ``action_n`` (they differ only for ``tail``: a
+    verb's tail instances are those of a tail verb, a noun's those of a tail noun, an action's either)."""
     if len(segments) != len(verb_scores) or len(segments) != len(noun_scores):
         raise DataError(f"{len(segments)} segments but {len(verb_scores)} verb / {len(noun_scores)} noun score rows")
     v = np.array([s.verb_class for s in segments])
@@ -202,6 +212,7 @@ def epic_metrics(
     out: dict[str, dict[str, float]] = {}
     for g, rows in groups.items():
         out[g] = {key: float(100 * c[rows].mean()) if rows.any() else float("nan") for key, c in correct.items()}
+        out[g].update({f"{t}_n": int(rows.sum()) for t in ("verb", "noun", "action")})
     if tail_verbs is not None and tail_nouns is not None:
         tv = np.isin(v, list(tail_verbs))
         tn = np.isin(n, list(tail_nouns))
@@ -209,6 +220,7 @@ def epic_metrics(
         for key, c in correct.items():
             rows = tv if key.startswith("verb") else tn if key.startswith("noun") else (tv | tn)
             out["tail"][key] = float(100 * c[rows].mean()) if rows.any() else float("nan")
+        out["tail"].update(verb_n=int(tv.sum()), noun_n=int(tn.sum()), action_n=int((tv | tn).sum()))
     return out
 
 
