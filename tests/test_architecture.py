@@ -32,6 +32,7 @@ LAYERS = [
     ("engine", ["karmma.engine"]),
     ("runtime", ["karmma.runtime"]),
     ("deploy", ["karmma.deploy"]),
+    ("api", ["karmma.api"]),
     ("experiments (app)", ["karmma.experiments"]),
     ("cli (app)", ["karmma.cli", "karmma.__main__"]),
 ]  # fmt: skip
