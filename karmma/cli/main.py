@@ -151,6 +151,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
             workers=args.workers,
             dtype=args.dtype,
             options={"annotations": args.annotations, "labels": args.labels, "boxes": args.boxes},
+            modalities=tuple(m.strip() for m in args.modalities.split(",") if m.strip()) if args.modalities else None,
+            allow_mixed_flow=args.allow_mixed_flow,
         )
     print(f"feature store: {path}")
     from karmma.data.store_summary import summary_path
@@ -169,9 +171,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from karmma.data.store import brief_info, store_info, token_coverage
+    from karmma.data.store_provenance import sources_of
 
     info = brief_info(store_info(args.store))
     info["token_coverage"] = token_coverage(args.store)
+    info["provenance"] = sources_of(args.store)  # {modality: {source: samples}}; the contract is in extra
     print(json.dumps(info, indent=2))  # whole (valid JSON), long lists summarised
     return 0
 
@@ -291,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="a corrupt media file: stop, or record the modality absent (default: raise; epic100/ssv2: absent)",
     )
     sp.add_argument("--limit", type=int, default=None, help="only the first N clips (smoke tests)")
+    sp.add_argument("--modalities", help="extract only these, comma separated (default: the reader's)")
+    sp.add_argument("--allow-mixed-flow", action="store_true", help="accept samples whose optical flow comes "
+                    "from different algorithms (TV-L1 JPEGs, Farneback from the video); each is recorded")  # fmt: skip
     sp.add_argument("--workers", type=int, default=1)
     sp.add_argument(
         "--dtype",

@@ -79,7 +79,38 @@ def config_reference() -> str:
     return "\n".join(out)
 
 
-PAGES = {"cli.md": cli_reference, "config.md": config_reference}
+def extraction_reference() -> str:
+    """The extraction contract of every shipped reader: how raw data becomes the stored arrays."""
+    from karmma.data.readers.base import reader_class
+    from karmma.registries import READERS
+
+    lines = [
+        "# The extraction contract",
+        "",
+        "Generated from the readers (`python -m karmma.cli.reference`). For each dataset reader: the time base,",
+        "how frames are sampled, the audio, how lengths are reconciled and where optical flow comes from. Every store",
+        "holds its reader's contract (`karmma info store.h5`: `extra.contract`) and each sample's sources",
+        "(`provenance`: e.g. how many samples took flow from the release's TV-L1 JPEGs and how many from Farneback",
+        "on the video). `karmma extract` refuses a store mixing flow algorithms unless `--allow-mixed-flow`, and",
+        "training warns when the train and validation stores take a modality from different sources.",
+    ]
+    for name in sorted(READERS.names()):
+        cls = reader_class(name)
+        if not cls.contract:
+            continue
+        lines += ["", f"## `{name}`", "", "| | |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in cls.contract.items()]
+        if cls.source_names:
+            lines += [
+                "",
+                "Sources recorded per sample: " + ", ".join(f"{m}: `{s}`" for m, s in cls.source_names.items()),
+            ]
+    lines += ["", "`epic100` records per sample: rgb `jpeg_frames` or `video`, flow `tvl1_jpeg` or `farneback_video`,",
+              "audio `video_track`."]  # fmt: skip
+    return "\n".join(lines)
+
+
+PAGES = {"cli.md": cli_reference, "config.md": config_reference, "extraction.md": extraction_reference}
 
 
 def main() -> int:

@@ -13,6 +13,7 @@ Layout (``format = karmma-feature-store``, ``version = 1``)::
     checksums/<set> (N, M) uint32  CRC-32 of each present row as written (:mod:`karmma.data.checksums`)
     tokens_present/<set> (N, ΣN_m) bool  which tokens hold data (:mod:`karmma.data.store_tokens`)
     reasons    (N,)           JSON {modality: why it is absent} per sample ("" if none): the summary's source
+    provenance/<modality> (N,) uint8  where each sample's modality came from (:mod:`karmma.data.store_provenance`)
 
 Reading is lazy (h5py datasets, each with a chunk cache that holds a shuffle window: see
 :func:`karmma.data.order.epoch_order`) or in memory (``in_memory=True``, the default for small

@@ -45,6 +45,13 @@ def _meta_extra(cfg: ExperimentConfig, stage: str) -> dict:
 def _val(cfg: ExperimentConfig) -> FeatureSet | None:
     if cfg.data.kind == "store" and not cfg.data.val and not cfg.data.val_fraction:
         return None
+    if cfg.data.kind == "store" and cfg.data.val and cfg.data.train and cfg.data.val != cfg.data.train:
+        from karmma.data.store_provenance import mismatch
+
+        why = mismatch(cfg.data.train, cfg.data.val)
+        if why:  # e.g. TV-L1 flow in training, Farneback in validation: choices made there may not carry over
+            log.warning("the training and validation stores take modalities from different sources (%s); what is "
+                        "chosen on validation may not hold for the training data's distribution", why)  # fmt: skip
     return load_split(cfg.data, "val")
 
 

@@ -25,6 +25,8 @@ import numpy as np
 from karmma.data.raw import drop_failed
 from karmma.data.readers.base import DatasetReader, SampleRef, get_reader
 from karmma.data.store import FeatureStoreWriter
+from karmma.data.store_provenance import mixed_flow
+from karmma.data.store_provenance import record as record_provenance
 from karmma.data.store_summary import store_summary, summary_path
 from karmma.errors import DataError, Interrupted
 from karmma.extractors.encoders import SIZES, encode, token_valid, whole_clip_tokens
@@ -127,12 +129,15 @@ def run_extract(
     workers: int = 1,
     dtype: str = "float32",
     options: dict | None = None,
+    allow_mixed_flow: bool = False,
 ) -> Path:
     """Extract ``dataset`` under ``root`` into the store ``out`` (see the module docstring).
     ``options`` go to the reader (e.g. ``annotations``); ``on_error=None`` takes the reader's
     default. Absent modalities are counted, with their reasons, in ``<out>.summary.json``.
     Interrupted (Ctrl-C, or SIGTERM under :func:`sigterm_as_interrupt`), it writes what is done
-    and raises :class:`~karmma.errors.Interrupted` saying how to resume."""
+    and raises :class:`~karmma.errors.Interrupted` saying how to resume. Each sample's sources (where
+    its flow, rgb, audio come from) are recorded in the store (:mod:`karmma.data.store_provenance`);
+    samples whose flow would come from different algorithms are refused unless ``allow_mixed_flow``."""
     root, out = Path(root), Path(out)
     check_file_writable(out, "feature store")  # before the long work: a read-only or full --out fails now
     not_an_input(out, {f"--{k}": v for k, v in (options or {}).items() if v})  # never over an annotation file
@@ -149,8 +154,14 @@ def run_extract(
     kinds = {m: reader.modalities[m] for m in modalities}
     family = EXTRACTORS.get(encoder)
     encoders = {size: family(kinds, size, weights) for size in SIZES}
+    sources = [reader.sources(r, modalities) for r in refs]  # provenance, before any media is read
+    mixed = mixed_flow(sources, ids)
+    if mixed and not allow_mixed_flow:
+        raise DataError(f"{out}: {mixed}")
     extra = {**reader.extra, "encoder": encoder, "reader": dataset,
-             "clip_tokens": [m for m in modalities if whole_clip_tokens(encoders["teacher"][m])]}  # fmt: skip
+             "clip_tokens": [m for m in modalities if whole_clip_tokens(encoders["teacher"][m])],
+             "contract": dict(reader.contract),
+             "sources": {m: sorted({s[m] for s in sources if m in s}) for m in modalities}}  # fmt: skip
     if weights:  # where the family's weights are: `predict --clip` loads the same ones
         extra["weights"] = str(Path(weights).resolve())
     fresh = not (resume and out.exists())
@@ -198,6 +209,7 @@ def run_extract(
         if not writer.failed:  # e.g. a corrupt clip with --on-error raise: the store so far is summarised
             _summary_after_stop(out)
         raise
+    record_provenance(out, sources)
     summary = write_summary(out)
     for m, by_reason in summary["absent"].items():
         log.warning("%s: %s absent for %d sample(s): %s", out, m, sum(r["count"] for r in by_reason.values()),

@@ -50,6 +50,13 @@ class DatasetReader:
     extra: dict[str, Any] = {}
     options: tuple[str, ...] = ()
     on_error: str = "raise"
+    source_names: dict[str, str] = {}  # {modality: where it comes from}, when the same for every sample
+    contract: dict[str, str] = {}  # how raw data becomes arrays: time base, frames, audio, lengths, flow
+
+    def sources(self, ref: SampleRef, modalities: tuple[str, ...]) -> dict[str, str]:
+        """Where each of ``modalities`` of ``ref`` will come from, decided without reading media: the
+        sample's provenance (:mod:`karmma.data.store_provenance`)."""
+        return {m: self.source_names[m] for m in modalities if m in self.source_names}
 
     def samples(self, root: Path, split: str) -> list[SampleRef]:
         raise NotImplementedError

@@ -163,6 +163,32 @@ class EpicReader(DatasetReader):
     default_modalities = ("rgb", "flow", "audio")
     options = ("annotations",)
     on_error = "absent"
+    contract = {
+        "time": "a segment is its start_frame..stop_frame at its video's frame rate (60 fps; 50 for the 2020 "
+                "extension videos), frame numbers 1-based",
+        "frames": f"{NUM_FRAMES} rgb frames evenly over the segment ({2 * NUM_FRAMES} from a video), "
+                  f"{FRAME_SIZE[0]}x{FRAME_SIZE[1]}",
+        "audio": f"the video's audio track, {AUDIO_RATE // 1000} kHz mono, {MEL_BANDS}-band log-mel "
+                 "(10 ms window, 5 ms hop)",
+        "lengths": "audio shorter than its segment: the uncovered part is absent (never stretched); black, "
+                   "frozen or undecodable frames are absent for the tokens they cover",
+        "flow": "the release's TV-L1 flow JPEGs (±20 px) where a video has them, else Farneback flow from the "
+                "video; a store mixing the two is refused unless --allow-mixed-flow",
+    }  # fmt: skip
+
+    def sources(self, ref: SampleRef, modalities: tuple[str, ...]) -> dict[str, str]:
+        seg: epic.Segment = ref.source
+        out = {}
+        if "rgb" in modalities:
+            out["rgb"] = (
+                "jpeg_frames" if self._frames(seg.participant_id, "rgb_frames", seg.video_id).exists() else "video"
+            )
+        if "flow" in modalities:
+            flow = self._frames(seg.participant_id, "flow_frames", seg.video_id).exists()
+            out["flow"] = "tvl1_jpeg" if flow else "farneback_video"
+        if "audio" in modalities:
+            out["audio"] = "video_track"
+        return out
 
     def __init__(self, annotations: str | Path | None = None) -> None:
         if annotations is None:

@@ -87,6 +87,16 @@ class SSv2Reader(DatasetReader):
     default_modalities = ("rgb", "flow", "detections")
     options = ("annotations", "labels", "boxes")
     on_error = "absent"
+    source_names = {"rgb": "video", "flow": "farneback_video", "detections": "something_else_boxes"}
+    contract = {
+        "time": "a clip is its whole .webm (12 fps)",
+        "frames": f"{2 * NUM_FRAMES} frames evenly over the clip ({NUM_FRAMES} for rgb), "
+                  f"{FRAME_SIZE[0]}x{FRAME_SIZE[1]}",
+        "audio": "none (SSv2 has no audio)",
+        "lengths": "a video without boxes has detections absent; black, frozen or undecodable frames are absent "
+                   "for the tokens they cover",
+        "flow": "Farneback flow between consecutive decoded frames",
+    }  # fmt: skip
 
     def __init__(self, annotations=None, labels=None, boxes=None) -> None:
         if annotations is None or labels is None:

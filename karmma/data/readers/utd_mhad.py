@@ -147,6 +147,17 @@ class UTDMHADReader(DatasetReader):
         "skeleton": Kind("skeleton", 60),
     }
     default_modalities = ("depth", "flow", "inertial")
+    source_names = {"depth": "kinect_depth_mat", "flow": "farneback_depth", "inertial": "inertial_mat",
+                    "skeleton": "kinect_skeleton_mat"}  # fmt: skip
+    contract = {
+        "time": f"a clip is its whole recording: depth and skeleton frames at {KINECT_FPS:g} fps, inertial rows "
+                f"at {INERTIAL_HZ:g} Hz (the files carry no timestamps)",
+        "frames": "every depth frame, resized for flow; depth motion maps or pooled frames per the extractor",
+        "audio": "none (inertial and skeleton are the signal modalities)",
+        "lengths": "modalities of one clip are not aligned sample by sample; a black or frozen depth frame, and "
+                   "the flow steps touching one, are absent for the tokens they cover",
+        "flow": "Farneback flow on consecutive depth frames",
+    }  # fmt: skip
 
     def samples(self, root: Path, split: str) -> list[SampleRef]:
         self.extra = {"dataset": "utd_mhad", "split": split}

@@ -21,6 +21,7 @@ from karmma.data.clips import (  # noqa: F401  (their home before 0.2)
 from karmma.data.clips import (
     VIDEO_FRAME_SIZE as FRAME_SIZE,
 )
+from karmma.data.media.decode import AUDIO_RATE
 from karmma.data.readers.base import READERS, DatasetReader, Kind, Raw, SampleRef, or_absent
 from karmma.errors import DataError
 
@@ -51,6 +52,16 @@ class VideoFolderReader(DatasetReader):
     modalities = {"rgb": Kind("frames", 3), "flow": Kind("flow", 3), "audio": Kind("signal", AUDIO_BINS)}
     default_modalities = ("rgb", "flow", "audio")
     extra = {"dataset": "video"}
+    source_names = {"rgb": "video", "flow": "farneback_video", "audio": "video_track"}
+    contract = {
+        "time": "a clip is its whole file, at the video's own frame rate",
+        "frames": f"every decoded frame (up to 10,000, spread over the clip), {FRAME_SIZE[0]}x{FRAME_SIZE[1]}",
+        "audio": f"the file's audio track, {AUDIO_RATE // 1000} kHz mono, a {AUDIO_BINS}-band log spectrogram "
+                 "(512-sample window, hop 256)",
+        "lengths": "audio shorter than the video: the uncovered part is absent (never stretched); black, frozen or "
+                   "undecodable frames are absent for the tokens they cover",
+        "flow": "Farneback flow between consecutive decoded frames",
+    }  # fmt: skip
 
     def samples(self, root: Path, split: str) -> list[SampleRef]:
         if split != "all":
