@@ -8,6 +8,7 @@ model is trained through the CLI on EPIC-format media (efficientnet extractors).
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from fractions import Fraction
@@ -173,8 +174,8 @@ def test_a_signal_stream_is_sampled_and_held_and_its_gaps_are_absent(tmp_path):
     assert hops[2.0]["coverage"]["imu"] == 0.5  # [0, 1) then the gap
     assert hops[3.0]["coverage"]["imu"] == 0.5 and hops[4.0]["coverage"]["imu"] == 1.0
     bad = tmp_path / "bad.csv"
-    bad.write_text("0,1,2\n0.01,1,2,3\n")
-    with pytest.raises(DataError, match="line 2 has 3 channels; imu has 2"):  # nothing came of it: said so
+    with pytest.raises(DataError, match="line 1 has 3 channels; imu has 2"):  # nothing came of it: said so
+        bad.write_text("0,1,2,3\n")
         list(pred.stream([SignalSource("imu", str(bad))], hop=0.5))
     bad.write_text("".join(f"{x / 10},1,2\n" for x in range(30)) + "3.0,1,2,3\n")
     stream = pred.stream([SignalSource("imu", str(bad))], hop=0.5)
@@ -223,3 +224,79 @@ def test_frames_pushed_by_the_application_stream_like_a_camera(deploy):
     assert [h["t"] for h in hops][:3] == [0.5, 1.0, 1.5] and len(hops) >= 4
     assert hops[2]["coverage"]["rgb"] >= 0.5 and hops[2]["present"] == ["rgb", "flow"]
     assert all(h["dropped_hops"] == 0 for h in hops)
+
+
+def _imu_predictor():
+    from karmma.extractors.families import pool_family
+    from karmma.modalities import ModalitySpec
+    from karmma.runtime.predictor import Predictor
+
+    ex = {"reader": "video", "encoder": "pool", "feature_set": "student", "kinds": {"imu": ["signal", 2]}}
+    fusion = lambda tokens, present: {"action": np.zeros((1, 3), np.float32)}  # noqa: E731
+    return Predictor([ModalitySpec("imu", 8, 4)], {"action": 3}, {}, fusion, ex, pool_family, "onnxruntime")
+
+
+def test_signal_clocks_that_restart_leap_or_count_nanoseconds_are_bridged_not_hung(tmp_path, caplog):
+    """A logger restarted mid-file, a clock set after boot, `rostopic echo -p` nanoseconds, quantised
+    stamps, a dense signal whose window holds more rows than the ring's bound: each streams to the end."""
+    pred = _imu_predictor()
+    csv = tmp_path / "imu.csv"
+    t = np.arange(0, 3, 0.01)
+    csv.write_text("# imu\nt,ax,ay\n" + "".join(f"{x:.2f},1,2\n" for x in [*t, *t, *(t + 1e6)]))
+    with caplog.at_level(logging.WARNING):
+        hops = list(pred.stream([SignalSource("imu", str(csv))], hop=0.5))
+    assert len(hops) == 18 and hops[-1]["coverage"]["imu"] == 1.0 and "went back by 2.99 s" in caplog.text
+    csv.write_text("%time,ax,ay\n" + "".join(f"{1_700_000_000_000_000_000 + k * 10_000_000},1,2\n" for k in range(300)))
+    hops = list(pred.stream([SignalSource("imu", str(csv), time_unit=1e-9)], hop=0.5))
+    assert [h["t"] for h in hops] == [0.5 * k for k in range(1, 7)] and hops[3]["coverage"]["imu"] == 1.0
+    dense = np.arange(0, 8, 1 / 4000)  # 4 kHz, a 6 s window: 24,000 rows, the ring bound set to 5,000 below
+    csv.write_text("".join(f"{x:.5f},1,2\n" for x in dense))
+    src = SignalSource("imu", str(csv))
+    stream = pred.stream([src], hop=0.5, window=6.0)
+    stream.sources[0].ring.max_items = 5000
+    with caplog.at_level(logging.WARNING):
+        hops = list(stream)  # it ends, hops on time, and the window keeps what the bound allows
+    assert [h["t"] for h in hops] == [0.75 * k for k in range(1, 12)] and "ring's bound of 5000" in caplog.text
+    assert 0 < hops[-1]["coverage"]["imu"] < 0.5
+
+
+def test_pushed_frames_are_copied_checked_and_closing_never_blocks(deploy):
+    from karmma.runtime import PushSource
+
+    _, folder = deploy
+    cam = PushSource("video", max_queue=2)
+    buf = np.zeros((48, 64, 3), np.uint8)
+    for k in range(3):  # an SDK reusing one buffer: each frame keeps its own pixels
+        buf[:] = k
+        cam.push(k / 10, buf)
+    cam.close()  # the queue is full: close drops the oldest instead of blocking
+    assert [int(x[0, 0, 0]) for _, x in list(cam._q.queue)[:-1]] == [2]
+    bad = PushSource("video")
+    bad.push(0.0, np.zeros((48, 64), np.uint8))  # grey: not (H, W, 3)
+    bad.close()
+    with pytest.raises(DataError, match=r"push \(H, W, 3\) uint8 RGB frames"):
+        list(load(folder).stream([bad], hop=0.5))
+
+
+def test_hostile_arguments_and_folders_are_refused_with_the_fix(deploy, clips, tmp_path, capsys):
+    run, folder = deploy
+    assert main(["stream", str(folder), "--video", str(clips["full"]), "--hop", "inf"]) == 2
+    assert "below an hour" in capsys.readouterr().err
+    assert main(["stream", str(tmp_path / "nope"), "--video", str(clips["full"])]) == 2
+    assert "does not exist: give an export folder" in capsys.readouterr().err
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "pipeline.json").write_text("{}")
+    (mine / "thesis.tex").write_text("years of work")
+    assert main(["export", str(run), "--pipeline", "--out", str(mine)]) == 2
+    assert "not an earlier pipeline export" in capsys.readouterr().err
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    spec = json.loads((folder / "pipeline.json").read_text())
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in folder.iterdir():
+        (broken / f.name).symlink_to(f)
+    (broken / "pipeline.json").unlink()
+    (broken / "pipeline.json").write_text(json.dumps({k: v for k, v in spec.items() if k != "extractor"}))
+    assert main(["predict", str(broken), "--clip", str(clips["full"])]) == 2
+    assert "not a karmma pipeline spec" in capsys.readouterr().err

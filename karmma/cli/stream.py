@@ -26,10 +26,16 @@ def _fault(text: str) -> tuple[str, tuple[float, float, str]]:
 
 
 def _positive(text: str) -> float:
-    v = float(text)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"{text}: give a positive number of seconds")
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < v < 3600:
+        raise argparse.ArgumentTypeError(f"{text}: give a number of seconds above 0 and below an hour")
     return v
+
+
+TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
@@ -55,7 +61,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
         name, sep, src = spec.partition("=")
         if not sep or not name or not src:
             raise KarmmaError(f"--signal {spec!r}: write NAME=SRC, e.g. --signal inertial=imu.csv (SRC - for stdin)")
-        sources.append(SignalSource(name, src, faults=faults.pop(name, [])))
+        sources.append(
+            SignalSource(name, src, faults=faults.pop(name, []), time_unit=TIME_UNITS[args.signal_time_unit])
+        )
     if faults:
         raise KarmmaError(f"--fault names {sorted(faults)}, which are not sources here (video, audio, a signal name)")
     only = predictor.parse_only(args.modalities) if args.modalities else None
@@ -93,6 +101,8 @@ def add_stream_command(sub) -> None:
                     help="do not read audio from the --video file")  # fmt: skip
     sp.add_argument("--signal", action="append", metavar="NAME=SRC",
                     help="a signal modality from t,v1,...,vC CSV lines (a file, - for stdin); repeatable")  # fmt: skip
+    sp.add_argument("--signal-time-unit", choices=tuple(TIME_UNITS), default="s",
+                    help="the unit of the signals' first column (ns for `rostopic echo -p` output)")  # fmt: skip
     sp.add_argument("--hop", type=_positive, default=0.5, help="seconds between predictions (whole segments)")
     sp.add_argument("--window", type=_positive, help="seconds of sensor data per prediction (default 2)")
     sp.add_argument("--realtime", action="store_true", help="replay files at their own pace (default: as fast as "

@@ -82,16 +82,30 @@ def pipeline_spec(meta: dict) -> dict:
     return spec
 
 
+def _earlier_export(out: Path) -> bool:
+    """An empty folder, or one holding only what an earlier export wrote (its spec names them)."""
+    if not out.is_dir():
+        return False
+    files = {p.name for p in out.iterdir()}
+    if not files:
+        return True
+    try:
+        spec = json.loads((out / PIPELINE_FILE).read_text())
+        listed = {PIPELINE_FILE, spec["fusion"], *(b["file"] for b in spec.get("backbones", {}).values())}
+        return spec.get("format") == PIPELINE_FORMAT and files <= listed
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
 def export_pipeline(model: KARMMA, meta: dict, out: str | Path) -> Path:
     """Write the export folder ``out`` (replacing an earlier export there, never another folder)."""
     from karmma.deploy.export import export_onnx
     from karmma.outputs import fsync_dir
 
-    out = Path(out)
-    if out.exists() and not (
-        out.is_dir() and (out / PIPELINE_FILE).is_file() or out.is_dir() and not any(out.iterdir())
-    ):
-        raise DataError(f"--out {out} exists and is not an earlier pipeline export; give a new folder name")
+    out = Path(out).resolve()
+    if out.exists() and not _earlier_export(out):
+        raise DataError(f"--out {out} exists and is not an earlier pipeline export (or an empty folder); give a new "
+                        "folder name: an export replaces only what an export wrote")  # fmt: skip
     spec = pipeline_spec(meta)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -99,6 +99,9 @@ def load(path: str | Path) -> Predictor:
     from karmma.paths import no_dangling_link
 
     path = no_dangling_link(path, "model")
+    if not path.exists():
+        raise DataError(f"model {path} does not exist: give an export folder (karmma export --pipeline), an .onnx "
+                        "file or a run folder")  # fmt: skip
     if path.is_dir() and (path / PIPELINE_FILE).is_file():
         return load_pipeline(path)
     if path.suffix == ".onnx":
@@ -109,7 +112,11 @@ def load(path: str | Path) -> Predictor:
         ex = meta.get("extractor") or {}
         enc = (lambda kinds, size: torch_encoders(ex)(kinds, size)) if ex.get("encoder") else None
         return Predictor(specs, meta["tasks"], meta.get("class_names", {}), fusion, ex, enc, "onnxruntime")
-    from karmma.io.checkpoint import load_model
+    try:
+        from karmma.io.checkpoint import load_model
+    except ImportError as e:  # a torch-free install given a run folder
+        raise DataError(f"{path} is a run folder or checkpoint, which needs PyTorch ({e}); on a robot without it, "
+                        "run an export folder (karmma export RUN --pipeline --out DIR)") from e  # fmt: skip
     from karmma.runtime.backends import torch_encoders, torch_fusion
 
     model, meta = load_model(path)
@@ -133,7 +140,15 @@ def load_pipeline(folder: Path) -> Predictor:
         fusion_file = folder / Path(spec["fusion"]).name  # files inside the folder only
         for b in spec.get("backbones", {}).values():
             b["file"] = Path(b["file"]).name
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+            int(b["resolution"])
+        ex = spec["extractor"]
+        if not isinstance(ex, dict) or not {"reader", "encoder", "kinds"} <= set(ex):
+            raise KeyError("extractor (reader, encoder, kinds)")
+        if spec["backbones"] and not set(spec["backbone_of"].values()) <= set(spec["backbones"]):
+            raise KeyError("backbone_of")
+        if not isinstance(spec["preprocessing"].get("frame_size"), list):
+            raise KeyError("preprocessing.frame_size")
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError, ValueError) as e:
         raise DataError(f"{spec_path}: not a karmma pipeline spec ({e}); export it again with "
                         "`karmma export MODEL --pipeline --out DIR`") from e  # fmt: skip
     fusion, meta = ort_fusion(fusion_file)

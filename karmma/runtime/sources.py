@@ -100,6 +100,10 @@ class Ring:
             self.done, self.error = True, error
             self.cond.notify_all()
 
+    def full(self) -> bool:
+        with self.cond:
+            return self._full()
+
     def between(self, t0: float, t1: float) -> list[tuple[float, np.ndarray]]:
         with self.cond:
             return [(t, x) for t, x in self.items if t0 <= t < t1]
@@ -111,11 +115,58 @@ class Ring:
             self.cond.notify_all()
 
 
+MAX_STEP_S = 3600.0  # a jump forward larger than this is a clock step (a time sync), not a gap
+BACK_TOLERANCE_S = 0.25  # a step back smaller than this is a container's rounding, not a restart
+
+
+class Timeline:
+    """A source's item times made usable: seconds from its first item, never going back, never
+    jumping ahead by more than :data:`MAX_STEP_S`. A time that goes back (a logger restarted, two
+    recordings concatenated) or leaps (a clock set after boot) is bridged: the items that follow
+    continue one median step after the last; non-finite times are dropped. Each is logged once."""
+
+    def __init__(self, name: str, origin: float | None = None) -> None:
+        self.name, self.shift = name, 0.0
+        self.first: float | None = origin
+        self.last: float | None = None
+        self.steps: list[float] = []
+        self.warned = False
+
+    def place(self, raw: float) -> float | None:
+        raw = float(raw)
+        if not np.isfinite(raw):
+            return None
+        if self.first is None or (self.last is None and raw - self.first > 60.0):
+            self.first = raw  # (a container whose streams start a minute in: timed from its first item)
+        t = (raw - self.first) + self.shift
+        if not np.isfinite(t):
+            return None
+        if self.last is not None:
+            step = t - self.last
+            if -BACK_TOLERANCE_S <= step < 0:  # a container's rounding: kept in order
+                t = self.last
+            elif step < 0 or step > MAX_STEP_S:
+                bridge = float(np.median(self.steps)) if self.steps else 0.0
+                self.shift += self.last + bridge - t
+                t = self.last + bridge
+                if not self.warned:
+                    way = "went back" if step < 0 else "leapt ahead"
+                    log.warning("source %s: its time %s by %.3g s; the items that follow are placed right after "
+                                "the previous ones (timestamps in ms, us or ns? give their unit)", self.name, way,
+                                abs(step))  # fmt: skip
+                    self.warned = True
+            elif step > 0 and len(self.steps) < 64:
+                self.steps.append(step)
+        self.last = t
+        return t
+
+
 class Source(threading.Thread):
     """A reader thread feeding :attr:`ring` (made by the streamer, :meth:`attach`)."""
 
     kind = "signal"  # "video", "audio" or "signal"
     name = "source"
+    zero_based = False  # items are timed from the container's start (shared by its streams), not the first item
 
     def __init__(self, src: str, fmt: str | None = None, options: dict | None = None,
                  faults: Sequence[Fault] = ()) -> None:  # fmt: skip
@@ -134,11 +185,14 @@ class Source(threading.Thread):
 
     def run(self) -> None:
         assert self.ring is not None and self.clock is not None
-        error, offset = None, None
+        error, offset, clock = None, None, Timeline(self.name, 0.0 if self.zero_based else None)
         try:
-            for t, x in self.items():
+            for raw_t, x in self.items():
                 if self.stop.is_set():
                     break
+                t = clock.place(raw_t)  # monotonic seconds from the first item, clock steps bridged
+                if t is None:
+                    continue
                 fault = next((k for a, b, k in self.faults if a <= t < b or (k == "end" and t >= a)), None)
                 if fault == "end":
                     break
@@ -146,8 +200,8 @@ class Source(threading.Thread):
                     continue
                 if fault == "black":
                     x = np.zeros_like(x)
-                if self.realtime:  # on the shared clock: the first item at its arrival, the rest paced by it
-                    offset = self.clock.now() - t if offset is None else offset
+                if self.realtime:  # on the shared clock: a live source from its first arrival, a file from 0
+                    offset = (self.clock.now() - t if self.live else 0.0) if offset is None else offset
                     t += offset
                     self.clock.sleep_until(t, self.stop)
                 self.ring.put(t, x, self.stop)
@@ -175,10 +229,16 @@ def _open(src: str, fmt: str | None, options: dict, what: str):
         raise DataError(f"{what} source {src}: cannot open it ({type(e).__name__}: {e})") from e
 
 
+def container_start(c) -> float:
+    """The container's start time in seconds (its streams share it: audio and video stay in sync)."""
+    return float(c.start_time) / 1e6 if c.start_time not in (None, 0) else 0.0
+
+
 class VideoSource(Source):
-    """Frames (H, W, 3) uint8 RGB at ``size`` (H, W), timed from the first frame."""
+    """Frames (H, W, 3) uint8 RGB at ``size`` (H, W), timed from the container's start."""
 
     kind = name = "video"
+    zero_based = True
 
     def __init__(self, src: str, fmt: str | None = None, options: dict | None = None,
                  faults: Sequence[Fault] = (), size: tuple[int, int] = (64, 64)) -> None:  # fmt: skip
@@ -192,18 +252,18 @@ class VideoSource(Source):
             stream = c.streams.video[0]
             stream.thread_type = "AUTO"
             self.rate = float(stream.average_rate or stream.guessed_rate or 0) or None
-            first, n = None, 0
+            start, n = container_start(c), 0
             for frame in c.decode(stream):
-                t = frame.time if frame.time is not None else n / (self.rate or 25.0)
-                first = t if first is None else first
+                t = frame.time - start if frame.time is not None else n / (self.rate or 25.0)
                 n += 1
-                yield t - first, frame.to_ndarray(format="rgb24", width=self.size[1], height=self.size[0])
+                yield t, frame.to_ndarray(format="rgb24", width=self.size[1], height=self.size[0])
 
 
 class AudioSource(Source):
-    """Mono float32 sample chunks at ``rate`` Hz, each timed at its first sample."""
+    """Mono float32 sample chunks at ``rate`` Hz, each timed at its first sample (from the container's start)."""
 
     kind = name = "audio"
+    zero_based = True
 
     def __init__(self, src: str, fmt: str | None = None, options: dict | None = None,
                  faults: Sequence[Fault] = (), rate: int = 24_000) -> None:  # fmt: skip
@@ -218,13 +278,12 @@ class AudioSource(Source):
             if not c.streams.audio:
                 raise DataError(f"audio source {self.src}: has no audio track")
             resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-            first, done = None, 0
+            start, done = container_start(c), 0
             for frame in c.decode(c.streams.audio[0]):
-                t = frame.time if frame.time is not None else done / rate
-                first = t if first is None else first
+                t = frame.time - start if frame.time is not None else done / rate
                 for out in resampler.resample(frame):
                     x = out.to_ndarray().reshape(-1).astype(np.float32)
-                    yield t - first, x
+                    yield t, x
                     t += len(x) / rate
                     done += len(x)
 
@@ -234,9 +293,10 @@ class SignalSource(Source):
     first column (seconds). A header line, blank lines and ``#`` comments are skipped; a malformed
     line or a channel count that changes is an error naming the line."""
 
-    def __init__(self, name: str, src: str, faults: Sequence[Fault] = (), channels: int | None = None) -> None:
+    def __init__(self, name: str, src: str, faults: Sequence[Fault] = (), channels: int | None = None,
+                 time_unit: float = 1.0) -> None:  # fmt: skip
         super().__init__(src, None, None, faults)
-        self.name, self.channels = name, channels
+        self.name, self.channels, self.time_unit = name, channels, float(time_unit)
 
     def items(self) -> Iterator[tuple[float, np.ndarray]]:
         if self.src == "-":
@@ -247,7 +307,7 @@ class SignalSource(Source):
                                 "lines, or - for stdin)")  # fmt: skip
             f = open(self.src, encoding="utf-8", errors="replace")  # noqa: SIM115 (closed below)
         try:
-            first = None
+            data = False  # a data line seen: text lines before it are headers
             for k, line in enumerate(iter(lambda: f.readline(MAX_LINE), "")):
                 if len(line) >= MAX_LINE - 1 and not line.endswith("\n"):
                     raise DataError(f"{self.src}: line {k + 1} is longer than {MAX_LINE} characters")
@@ -257,7 +317,7 @@ class SignalSource(Source):
                 try:
                     row = np.array([float(v) for v in line.split(",")], np.float64)
                 except ValueError:
-                    if first is None and k == 0:
+                    if not data:
                         continue  # a header
                     raise DataError(f"{self.src}: line {k + 1} is not t,v1,...,vC numbers: {line[:80]!r}") from None
                 if self.channels is not None and len(row) - 1 != self.channels:
@@ -265,8 +325,8 @@ class SignalSource(Source):
                                     f"{self.name} has {self.channels}")  # fmt: skip
                 if not np.isfinite(row[0]):
                     raise DataError(f"{self.src}: line {k + 1} has no valid time")
-                first = row[0] if first is None else first
-                yield float(row[0] - first), row[1:].astype(np.float32)
+                data = True
+                yield float(row[0]) * self.time_unit, row[1:].astype(np.float32)
         finally:
             if f is not sys.stdin:
                 f.close()
@@ -279,21 +339,25 @@ class PushSource(Source):
     ``rate`` Hz: resampled to the model's rate) or ``signal`` (``name``: the modality; (C,) rows).
     A full queue drops its oldest item (a consumer that cannot keep up loses data, not memory)."""
 
-    def __init__(self, kind: str, name: str | None = None, rate: float | None = None, max_queue: int = 1024) -> None:
+    def __init__(self, kind: str, name: str | None = None, rate: float | None = None, max_queue: int = 1024,
+                 time_unit: float = 1.0) -> None:  # fmt: skip
         if kind not in ("video", "audio", "signal"):
             raise DataError(f"PushSource kind {kind!r}: use video, audio or signal")
         if kind == "signal" and not name:
             raise DataError("a signal PushSource needs the modality's name, e.g. PushSource('signal', 'inertial')")
         super().__init__(f"<pushed {name or kind}>", "push")
-        self.kind, self.name, self.in_rate = kind, name or kind, rate
+        self.kind, self.name, self.in_rate, self.time_unit = kind, name or kind, rate, float(time_unit)
+        if kind == "video" and rate:  # the camera's frame rate: a camera that slows down covers less
+            self.rate = float(rate)
         self.size: tuple[int, int] | None = None
         self.channels: int | None = None
         self._q: queue.Queue = queue.Queue(max_queue)
-        self._first: float | None = None
 
     def push(self, t: float, x: np.ndarray) -> None:
-        self._first = float(t) if self._first is None else self._first
-        item = (float(t) - self._first, np.asarray(x))
+        item = (float(t) * self.time_unit, np.array(x, copy=True))  # a copy: SDKs reuse their buffers
+        self._put(item)
+
+    def _put(self, item) -> None:
         while True:
             try:
                 self._q.put_nowait(item)
@@ -305,7 +369,7 @@ class PushSource(Source):
                     pass
 
     def close(self) -> None:
-        self._q.put(None)
+        self._put(None)  # never blocks: a full queue drops its oldest item
 
     def items(self) -> Iterator[tuple[float, np.ndarray]]:
         import cv2
@@ -318,8 +382,11 @@ class PushSource(Source):
             if item is None:
                 return
             t, x = item
-            if self.kind == "video" and self.size is not None and x.shape[:2] != tuple(self.size):
-                x = cv2.resize(x, (self.size[1], self.size[0]), interpolation=cv2.INTER_AREA)
+            if self.kind == "video":
+                if x.ndim != 3 or x.shape[2] != 3 or x.dtype != np.uint8 or not x.size:
+                    raise DataError(f"pushed video: a frame of {x.dtype} {x.shape}; push (H, W, 3) uint8 RGB frames")
+                if self.size is not None and x.shape[:2] != tuple(self.size):
+                    x = cv2.resize(x, (self.size[1], self.size[0]), interpolation=cv2.INTER_AREA)
             elif self.kind == "audio":
                 x = np.asarray(x, np.float32).reshape(-1)
                 if self.in_rate and self.rate and self.in_rate != self.rate:

@@ -101,7 +101,7 @@ class Streamer:
         self.hop_segs = max(1, round(hop / self.seg))
         self.hop = self.hop_segs * self.seg
         if abs(self.hop - hop) > 1e-9:
-            log.info("hop %.3f s rounded to %d segment(s) of %.3f s: %.3f s", hop, self.hop_segs, self.seg, self.hop)
+            log.warning("hop %.3f s rounded to %d segment(s) of %.3f s: %.3f s", hop, self.hop_segs, self.seg, self.hop)
         self.seg_enc = {m: dataclasses.replace(self.encoders[m], num_tokens=1) for m in self.frame_mods}
         live = [s.src for s in self.sources if s.live]
         if realtime is False and live:
@@ -115,6 +115,7 @@ class Streamer:
             src.attach(Ring(self.cond, span, cap, block=not self.realtime), self.clock, self.realtime)
         self._cache: dict[int, dict[str, tuple[np.ndarray, float]]] = {}
         self._last: dict[int, np.ndarray] = {}
+        self._counts: dict[int, int] = {}  # the frames each cached segment was computed from
         self._framing = self._audio_framing() if "audio" in self.used else None
         self.dropped_hops = 0
 
@@ -146,11 +147,17 @@ class Streamer:
         return [s.ring for s in self.sources if s.ring is not None]
 
     def _delivered(self, t: float) -> bool:
+        for s in self.sources:  # a ring full before the window is delivered cannot wait: it drops its oldest
+            r = s.ring
+            if r is not None and r.block and not r.done and r.horizon < t and r._full():
+                r.block = False
+                log.warning("source %s: the window holds more than its ring's bound of %d items; the oldest are "
+                            "dropped (a shorter --window keeps them all)", s.name, r.max_items)  # fmt: skip
         return all(r.done or r.horizon >= t for r in self._rings())
 
     def _ended(self, t: float) -> bool:
         rings = self._rings()
-        return all(r.done for r in rings) and t - self.hop >= max(r.horizon for r in rings)
+        return all(r.done for r in rings) and t - self.hop > max(r.horizon for r in rings)
 
     def _hops(self) -> Iterator[dict]:
         t, k = self.hop, 0
@@ -167,6 +174,8 @@ class Streamer:
             if self._ended(t):
                 if k == 0 and self.errors:  # nothing came of any source: say why
                     raise DataError("; ".join(f"{name}: {e}" for name, e in self.errors.items()))
+                if k == 0 and all(r.horizon == -np.inf for r in self._rings()):
+                    raise DataError(f"no source delivered any data ({', '.join(s.src for s in self.sources)})")
                 return
             yield self.predict_at(t)
             k += 1
@@ -177,6 +186,7 @@ class Streamer:
             for j in [j for j in self._cache if j < first]:
                 del self._cache[j]
                 self._last.pop(j, None)
+                self._counts.pop(j, None)
             t += self.hop
 
     # ------------------------------------------------------------------ one hop
@@ -232,15 +242,17 @@ class Streamer:
         from karmma.data.clips import video_raw
 
         assert self.video is not None and self.video.ring is not None
-        new = [j for j in js if j not in self._cache]
+        found = {j: self.video.ring.between(j * self.seg, (j + 1) * self.seg) for j in js}
+        # a segment is computed once, and again only if frames arrived for it since (a late camera)
+        new = [j for j in js if j not in self._cache or self._counts.get(j, 0) < len(found[j])]
         a = time.perf_counter()
         per_clip, rgb_per_clip = self.prep.get("frames_per_clip"), self.prep.get("rgb_frames_per_clip")
         f_seg = max(1, per_clip // self.n) if per_clip else None
         r_seg = max(1, rgb_per_clip // self.n) if rgb_per_clip else None
         pending: dict[str, list[tuple[int, np.ndarray, float]]] = {m: [] for m in self.frame_mods}
         for j in new:
-            items = self.video.ring.between(j * self.seg, (j + 1) * self.seg)
-            self._cache[j] = {}
+            items = found[j]
+            self._cache[j], self._counts[j] = {}, len(items)
             if not items:
                 continue
             rate = self.video.rate or len(items) / self.seg
@@ -318,9 +330,12 @@ class Streamer:
         items = ring.between(t - self.window - 1.0, t)
         if not items:
             return None, np.zeros(0, bool)
-        times = np.array([ts for ts, _ in items])
-        rows = np.stack([x for _, x in items])
-        step = float(np.median(np.diff(times))) if len(times) > 1 else self.window
+        order = np.argsort([ts for ts, _ in items], kind="stable")
+        times = np.array([items[i][0] for i in order])
+        rows = np.stack([items[i][1] for i in order])
+        gaps = np.diff(times)
+        gaps = gaps[gaps > 0]  # repeated (quantised) timestamps say nothing of the rate
+        step = float(np.median(gaps)) if len(gaps) else self.window
         step = max(step, 1e-3)
         n = int(np.clip(round(self.window / step), 2, 4096))
         grid = t - self.window + (np.arange(n) + 0.5) * self.window / n
