@@ -57,8 +57,14 @@ def test_extract_epic_tree_through_the_cli(tree, tmp_path, capsys):
     ])  # fmt: skip
     out = tmp_path / "train.h5"
     argv = ["extract", "epic100", "--root", str(tree), "--annotations", str(ann), "--out", str(out), "--no-progress"]
+    assert main(argv) == 2  # flow from TV-L1 JPEGs and from the MP4 in one store: refused unless asked
+    assert "--allow-mixed-flow" in capsys.readouterr().err
+    argv.append("--allow-mixed-flow")
     assert main(argv) == 0
     printed = capsys.readouterr().out
+    from karmma.data.store_provenance import sources_of
+
+    assert sources_of(out)["flow"] == {"farneback_video": 1, "not recorded": 1, "tvl1_jpeg": 2}
     assert "1 sample(s) had no readable modality and were not written (e.g. P03_01_0)" in printed
     summary = json.loads((tmp_path / "train.h5.summary.json").read_text())
     assert summary["not_written"] == ["P03_01_0"]

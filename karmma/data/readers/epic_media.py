@@ -177,16 +177,14 @@ class EpicReader(DatasetReader):
     }  # fmt: skip
 
     def sources(self, ref: SampleRef, modalities: tuple[str, ...]) -> dict[str, str]:
+        """rgb from the JPEG frames or the video, flow from the TV-L1 JPEGs or Farneback on the video,
+        audio from the video's track: what exists decides (nothing, when neither does)."""
         seg: epic.Segment = ref.source
-        out = {}
-        if "rgb" in modalities:
-            out["rgb"] = (
-                "jpeg_frames" if self._frames(seg.participant_id, "rgb_frames", seg.video_id).exists() else "video"
-            )
-        if "flow" in modalities:
-            flow = self._frames(seg.participant_id, "flow_frames", seg.video_id).exists()
-            out["flow"] = "tvl1_jpeg" if flow else "farneback_video"
-        if "audio" in modalities:
+        video = self._video(seg) is not None
+        frames = {m: self._frames(seg.participant_id, f"{m}_frames", seg.video_id).exists() for m in ("rgb", "flow")}
+        named = {"rgb": ("jpeg_frames", "video"), "flow": ("tvl1_jpeg", "farneback_video")}
+        out = {m: named[m][0] if frames[m] else named[m][1] for m in named if m in modalities and (frames[m] or video)}
+        if "audio" in modalities and video:
             out["audio"] = "video_track"
         return out
 
