@@ -24,9 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from karmma.extractors.backbone_inputs import (
+from karmma.extractors.backbone_inputs import (  # noqa: F401  (frame/flow helpers: their home before 0.3)
     BACKBONES,
     SIGNAL_STEPS,
+    FlowImages,
+    FrameImages,
     Resampled,
     flow_images,
     flow_tokens,
@@ -58,7 +60,7 @@ def embed_images(images: np.ndarray, variant: str, resolution: int) -> np.ndarra
 
 
 @dataclass(frozen=True)
-class BackboneFrames:
+class BackboneFrames(FrameImages):
     num_tokens: int
     variant: str
     resolution: int
@@ -68,21 +70,12 @@ class BackboneFrames:
     def dim(self) -> int:
         return EfficientNetLite.FEATURE_DIM * (2 if self.motion else 1)
 
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        return frame_tokens(frames, self.num_tokens, self.embed, self.motion)
-
-    def images(self, frames: np.ndarray) -> np.ndarray:  # what the backbone sees (a stream batches them)
-        return frame_images(frames, self.num_tokens, self.motion)
-
-    def tokens(self, feats: np.ndarray) -> np.ndarray:
-        return frame_features(feats, self.num_tokens, self.motion)
-
     def embed(self, images: np.ndarray) -> np.ndarray:
         return embed_images(images, self.variant, self.resolution)
 
 
 @dataclass(frozen=True)
-class BackboneFlow:
+class BackboneFlow(FlowImages):
     num_tokens: int
     variant: str
     resolution: int
@@ -90,15 +83,6 @@ class BackboneFlow:
     @property
     def dim(self) -> int:
         return EfficientNetLite.FEATURE_DIM
-
-    def __call__(self, flow: np.ndarray) -> np.ndarray:
-        return flow_tokens(flow, self.num_tokens, self.embed)
-
-    def images(self, flow: np.ndarray) -> np.ndarray:
-        return flow_images(flow, self.num_tokens)
-
-    def tokens(self, feats: np.ndarray) -> np.ndarray:
-        return feats
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         return embed_images(images, self.variant, self.resolution)

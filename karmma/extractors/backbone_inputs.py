@@ -87,8 +87,42 @@ class Resampled:
         return out.astype(np.float32)
 
 
+class FrameImages:
+    """:func:`frame_tokens` for a class giving ``num_tokens``, ``motion`` and ``embed`` (the
+    PyTorch backbone, or its ONNX graph); ``images``/``tokens`` let a stream batch the backbone."""
+
+    num_tokens: int
+    motion: bool
+    embed: Embed
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        return frame_tokens(frames, self.num_tokens, self.embed, self.motion)
+
+    def images(self, frames: np.ndarray) -> np.ndarray:
+        return frame_images(frames, self.num_tokens, self.motion)
+
+    def tokens(self, feats: np.ndarray) -> np.ndarray:
+        return frame_features(feats, self.num_tokens, self.motion)
+
+
+class FlowImages:
+    """:func:`flow_tokens` for a class giving ``num_tokens`` and ``embed``."""
+
+    num_tokens: int
+    embed: Embed
+
+    def __call__(self, flow: np.ndarray) -> np.ndarray:
+        return flow_tokens(flow, self.num_tokens, self.embed)
+
+    def images(self, flow: np.ndarray) -> np.ndarray:
+        return flow_images(flow, self.num_tokens)
+
+    def tokens(self, feats: np.ndarray) -> np.ndarray:
+        return feats
+
+
 @dataclass(frozen=True)
-class FrameTokens:
+class FrameTokens(FrameImages):
     """:func:`frame_tokens` with a given ``embed`` (a backbone's ONNX graph in a torch-free deployment)."""
 
     num_tokens: int
@@ -100,18 +134,9 @@ class FrameTokens:
     def dim(self) -> int:
         return self.features * (2 if self.motion else 1)
 
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        return frame_tokens(frames, self.num_tokens, self.embed, self.motion)
-
-    def images(self, frames: np.ndarray) -> np.ndarray:  # what the backbone sees (a stream batches them)
-        return frame_images(frames, self.num_tokens, self.motion)
-
-    def tokens(self, feats: np.ndarray) -> np.ndarray:
-        return frame_features(feats, self.num_tokens, self.motion)
-
 
 @dataclass(frozen=True)
-class FlowTokens:
+class FlowTokens(FlowImages):
     """:func:`flow_tokens` with a given ``embed``."""
 
     num_tokens: int
@@ -121,12 +146,3 @@ class FlowTokens:
     @property
     def dim(self) -> int:
         return self.features
-
-    def __call__(self, flow: np.ndarray) -> np.ndarray:
-        return flow_tokens(flow, self.num_tokens, self.embed)
-
-    def images(self, flow: np.ndarray) -> np.ndarray:
-        return flow_images(flow, self.num_tokens)
-
-    def tokens(self, feats: np.ndarray) -> np.ndarray:
-        return feats
