@@ -40,8 +40,8 @@ class ModelConfig:
     dropout: float = 0.1  # paper-unknown default: dropout inside the fusion block
     head_hidden: int = 256  # paper-unknown default: hidden width of each classifier MLP head
     # How a missing modality is represented (karmma.models.missing.MISSING): "token" is KARMMA's
-    # (learned modality + position tokens fill its slots); "zero" (zero-filled features) and
-    # "attn_mask" (slots masked out of attention) are the baselines.
+    # (learned modality + position tokens fill its slots); baselines: "zero" (zero-filled features),
+    # "attn_mask" (slots masked out of attention), "reconstruct" (predicted from the present ones).
     missing: str = "token"
     # Which readers' head outputs are averaged: "all" ([CLS] + every modality mean, as in the
     # paper) or "present" ([CLS] + present modalities only).

@@ -25,6 +25,7 @@ _BUILT_IN = {
         "token": "karmma.models.missing:LearnedTokens",
         "zero": "karmma.models.missing:ZeroFill",
         "attn_mask": "karmma.models.missing:AttentionMask",
+        "reconstruct": "karmma.models.reconstruct:Reconstruct",
     },
     ENCODERS: {
         "identity": "karmma.models.encoders:IdentityEncoder",

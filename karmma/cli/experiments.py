@@ -1,4 +1,5 @@
-"""The experiment commands of the ``karmma`` CLI — ``demo``, ``sweep``, ``utd-mhad``: multi-seed
+"""The experiment commands of the ``karmma`` CLI — ``demo``, ``sweep``, ``utd-mhad``,
+``missing-strategies``: multi-seed
 runs that print mean ± std tables (the core commands are in :mod:`karmma.cli`)."""
 
 from __future__ import annotations
@@ -61,6 +62,18 @@ def cmd_utd(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_missing_strategies(args: argparse.Namespace) -> int:
+    from karmma.experiments.missing_strategies import run_missing_strategies
+
+    strategies = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
+    report = run_missing_strategies(args.data, args.out, seeds=args.seeds, strategies=strategies, root=args.root,
+                                    epochs=args.epochs, repeats=args.repeats, overrides=args.set, lanes=args.lanes,
+                                    progress=_progress(args))  # fmt: skip
+    print(report["markdown"])
+    print(f"\nreport: {Path(args.out) / 'report.md'}")
+    return 0
+
+
 def add_experiment_commands(sub) -> None:
     sp = sub.add_parser("demo", help="teacher -> student -> baselines -> evaluation on the embedded data")
     sp.add_argument("--out", default="runs/demo")
@@ -99,3 +112,16 @@ def add_experiment_commands(sub) -> None:
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of every config")
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_utd)
+
+    sp = sub.add_parser("missing-strategies", help="the same model with each missing-modality strategy, over seeds")
+    sp.add_argument("--data", choices=("demo", "utd-mhad"), default="demo")
+    sp.add_argument("--root", default="../shared/data/utd_mhad", help="the UTD-MHAD folder (--data utd-mhad)")
+    sp.add_argument("--out", default="runs/missing_strategies")
+    sp.add_argument("--strategies", default="token,zero,attn_mask,reconstruct", help="registered names, a,b,...")
+    sp.add_argument("--seeds", type=seed_list, default=(0, 1, 2), help="training seeds, e.g. 0,1,2 (mean ± std)")
+    sp.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    sp.add_argument("--repeats", type=positive_int, default=3, help="sensor-dropout repeats per rate (>= 1)")
+    sp.add_argument("--lanes", type=int, choices=(1, 2), default=None, help="2: two trainings at once (2+ cores)")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of every config")
+    sp.add_argument("--no-progress", action="store_true")
+    sp.set_defaults(func=cmd_missing_strategies)

@@ -61,6 +61,17 @@ def split_validation(train: Path, out_dir: Path, val_subject: int) -> tuple[Path
     return fit, val
 
 
+def prepare_stores(root: str | Path, features: Path, val_subject: int = 7, progress: bool = False,
+                   limit: int | None = None) -> tuple[Path, Path, Path]:  # fmt: skip
+    """Extract (resumable) and split: the ``fit``, ``val`` and ``test`` stores in ``features``."""
+    feats = {split: features / f"{split}.h5" for split in ("train", "test")}
+    for split, path in feats.items():
+        run_extract("utd_mhad", root, path, split=split, encoder=ENCODER, modalities=MODALITIES,
+                    progress=progress, limit=limit)  # fmt: skip
+    fit, val = split_validation(feats["train"], features, val_subject)
+    return fit, val, feats["test"]
+
+
 def run_utd_mhad_benchmark(
     root: str | Path,
     out: str | Path = "runs/utd_mhad",
@@ -79,11 +90,8 @@ def run_utd_mhad_benchmark(
     out = Path(out)
     lanes = auto_lanes() if lanes is None else lanes
     t0 = time.perf_counter()
-    feats = {split: out / "features" / f"{split}.h5" for split in ("train", "test")}
-    for split, path in feats.items():
-        run_extract("utd_mhad", root, path, split=split, encoder=ENCODER, modalities=MODALITIES,
-                    progress=progress, limit=limit)  # fmt: skip
-    fit, val = split_validation(feats["train"], out / "features", val_subject)
+    fit, val, test = prepare_stores(root, out / "features", val_subject, progress, limit)
+    feats = {"test": test}
     t_extract = time.perf_counter() - t0
     per_seed, dirs = [], {}
     for seed in seeds:

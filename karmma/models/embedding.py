@@ -19,6 +19,8 @@ class ModalityEmbedding(nn.Module):
     """``in_specs``: what the store holds (input standardisation is sized for it); ``specs``:
     what the encoders give (the projections and position tokens are sized for it)."""
 
+    missing: MissingStrategy
+
     def __init__(
         self,
         specs: list[ModalitySpec],
@@ -28,7 +30,9 @@ class ModalityEmbedding(nn.Module):
     ) -> None:
         super().__init__()
         self.specs = list(specs)
-        self.missing = missing if missing is not None else LearnedTokens()
+        # shared with the model, which owns it: not a submodule here, so its weights (if any) are saved once
+        object.__setattr__(self, "missing", missing if missing is not None else LearnedTokens())
+        self.missing.build(self.specs, dim)
         self.proj = nn.ModuleList([nn.Linear(s.dim, dim) for s in self.specs])
         self.modality_tokens = nn.Parameter(torch.zeros(len(self.specs), dim))
         self.position_tokens = nn.ParameterList([nn.Parameter(torch.zeros(s.num_tokens, dim)) for s in self.specs])
@@ -59,9 +63,9 @@ class ModalityEmbedding(nn.Module):
     ) -> torch.Tensor:
         """``tokens[m]``: encoded ``(B, N_m, D_m)``; ``present``: ``(B, M)`` bool -> ``(B, sum N_m, dim)``.
         With ``token_masks`` (``[(B, N_m)]``) an absent *slot* is filled as an absent modality's are."""
-        out = []
-        for m, (x, proj) in enumerate(zip(tokens, self.proj)):
-            keep = present[:, m, None, None] if token_masks is None else token_masks[m][..., None]
-            h = self.missing.fill(proj(x), keep)
-            out.append(h + self.modality_tokens[m] + self.position_tokens[m])
+        hs = [proj(x) for x, proj in zip(tokens, self.proj)]
+        keeps = [present[:, m, None, None] if token_masks is None else token_masks[m][..., None]
+                 for m in range(len(hs))]  # fmt: skip
+        out = [h + self.modality_tokens[m] + self.position_tokens[m]
+               for m, h in enumerate(self.missing.complete(hs, keeps))]  # fmt: skip
         return torch.cat(out, dim=1)

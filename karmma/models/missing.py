@@ -1,6 +1,8 @@
 """Missing-modality strategies: how an absent modality is shown to the fusion block.
 
-A strategy has three hooks, each given the per-sample presence mask:
+A strategy has three hooks, each given the per-sample presence mask (and two optional ones, for a
+strategy with weights of its own: ``build(specs, dim)`` sizes them once the encoded token layout is
+known, ``losses(model, batch, mask)`` gives its auxiliary training loss):
 
 * ``fill(h, keep)``: the projected tokens ``h`` (B, N_m, dim) of one modality, with ``keep``
   (B, 1, 1) True where it is present — or (B, N_m, 1), per slot, when a modality is present for
@@ -12,12 +14,20 @@ A strategy has three hooks, each given the per-sample presence mask:
 * ``reader_weights(present, head_average)``: (B, 1 + M) weights of the [CLS] and per-modality
   readers in the head average.
 
+The embedding calls ``complete(hs, keeps)`` with every modality's projected tokens at once; by
+default it is ``fill`` per modality, and a strategy that predicts one modality from the others
+(``reconstruct``) overrides it.
+
 Registered: ``token`` (KARMMA: an absent modality's slots hold only its learned tokens),
 ``zero`` (baseline: zero-filled features, projected like real ones) and ``attn_mask`` (baseline:
-absent slots masked out of attention and of the head average).
+absent slots masked out of attention and of the head average); ``reconstruct`` (baseline, as
+ActionMAE and MMP: absent slots hold tokens predicted from the present ones,
+:mod:`karmma.models.reconstruct`).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -25,9 +35,25 @@ from torch import nn
 from karmma.modalities import ModalitySpec
 from karmma.registries import MISSING
 
+if TYPE_CHECKING:
+    from karmma.data.dataset import Batch
+
 
 class MissingStrategy(nn.Module):
     """The KARMMA behaviour; subclasses override the hooks they change."""
+
+    def build(self, specs: list[ModalitySpec], dim: int) -> None:
+        """Size the strategy's own weights (if any) for the encoded ``specs`` and the fusion width."""
+
+    def complete(self, hs: list[torch.Tensor], keeps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Every modality's projected tokens ``hs[m]`` (B, N_m, dim) with its ``keeps[m]`` ((B, 1, 1)
+        or (B, N_m, 1)) -> what its slots hold before the learned tokens are added."""
+        return [self.fill(h, keep) for h, keep in zip(hs, keeps)]
+
+    def losses(self, model: Any, batch: Batch, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Auxiliary terms of the training step that just ran ``model`` on ``batch`` under ``mask``
+        (``"loss"``: the weighted sum to add), as an add-on's :meth:`~karmma.models.addons.AddOn.losses`."""
+        return {}
 
     def fill(self, h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         return torch.where(keep, h, torch.zeros((), dtype=h.dtype))

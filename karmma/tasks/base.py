@@ -81,7 +81,7 @@ class Task(nn.Module):
         augment = self.augment if self.training else None  # training forwards only
         out = self.part("model")(batch.tokens, mask, augment=augment)
         ctx = ctx if ctx is not None else LossContext(batch.labels)
-        aux: dict[str, torch.Tensor] = {}
+        aux: dict[str, torch.Tensor] = dict(self.model.missing.losses(self.model, batch, mask))  # e.g. reconstruct's
         whole = self.model.presence(mask)[0]  # add-ons take the whole-modality mask (out.token_masks: per token)
         for addon in self.model.addon_list().values():
             for key, value in addon.losses(out, whole, ctx).items():

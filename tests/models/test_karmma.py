@@ -5,7 +5,7 @@ from karmma.errors import DataError
 from karmma.models import KARMMA
 from tests.conftest import random_batch, tiny_model_cfg
 
-MISSING = ["token", "zero", "attn_mask"]
+MISSING = ["token", "zero", "attn_mask", "reconstruct"]
 
 
 @pytest.mark.parametrize("missing", MISSING)
