@@ -66,16 +66,15 @@ class ModelConfig:
             raise ConfigError(f"model.head_average={self.head_average!r}; choose 'all' or 'present'")
         if self.attn_heads < 1:
             raise ConfigError(f"model.attn_heads={self.attn_heads} must be >= 1 (attention heads of the fusion block)")
-        if self.dim < 1 or self.depth < 1 or self.head_hidden < 1:
-            raise ConfigError("model.dim, model.depth and model.head_hidden must be >= 1")
         if self.dim % self.attn_heads:
             raise ConfigError(f"model.dim={self.dim} must be divisible by model.attn_heads={self.attn_heads}")
         if not (math.isfinite(self.mlp_ratio) and self.mlp_ratio > 0):
             raise ConfigError(f"model.mlp_ratio={self.mlp_ratio} must be a finite number > 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
-        if self.encoder_width < 0 or self.encoder_layers < 0 or self.encoder_tokens < 0:
-            raise ConfigError("model.encoder_width, model.encoder_layers and model.encoder_tokens must be >= 0")
+        sizes, encoder = (self.dim, self.depth, self.head_hidden), (self.encoder_width, self.encoder_layers)
+        if min(sizes) < 1 or min(*encoder, self.encoder_tokens) < 0:
+            raise ConfigError("model.dim, depth, head_hidden must be >= 1; encoder_width, _layers, _tokens >= 0")
 
     def with_addons(self, addons: dict[str, dict[str, Any]]) -> ModelConfig:
         """This config with ``model.addons`` as the add-ons resolved them (every option spelled out)."""
@@ -86,8 +85,7 @@ class ModelConfig:
         return cls(dim=256, depth=4, attn_heads=8, head_hidden=256)
 
     @classmethod
-    def student(cls) -> ModelConfig:
-        # A compact fusion block: half the width keeps well under 50% of the teacher's FLOPs.
+    def student(cls) -> ModelConfig:  # a compact fusion: half the width, well under 50% of the teacher's FLOPs
         return cls(dim=128, depth=4, attn_heads=4, head_hidden=128)
 
 
@@ -289,6 +287,7 @@ class ExperimentConfig:
     keep_checkpoints: int = 2
     precision: str = "fp32"  # "bf16": bfloat16 autocast for the forward pass (karmma.precision; a GPU option)
     compile: bool = False  # torch.compile the model's forward (karmma.precision)
+    recipe: str = "safe"  # "safe": defaults for new data (karmma.engine.defaults); "paper": the config as written
 
     def validate(self) -> ExperimentConfig:
         for part in (self.data, self.model, self.augment, self.modality_dropout, self.optim, self.distill):
@@ -297,8 +296,8 @@ class ExperimentConfig:
             raise ConfigError("checkpoint_every must be >= 0, checkpoint_epochs and keep_checkpoints >= 1")
         if not DEVICE_RE.fullmatch(self.device):
             raise ConfigError(f"device={self.device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"precision={self.precision!r}; choose 'fp32' or 'bf16'")
+        if self.precision not in ("fp32", "bf16") or self.recipe not in ("safe", "paper"):
+            raise ConfigError(f"precision={self.precision!r}, recipe={self.recipe!r}: choose fp32|bf16, safe|paper")
         return self
 
     def to_dict(self) -> dict[str, Any]:

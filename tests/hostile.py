@@ -111,10 +111,11 @@ def train_demo_student(run: Path) -> Path:
 
 
 def train_clip_model(root: Path, reader: str, encoder: str = "pool") -> Path:
-    """A model whose extractor is recorded, for ``predict --clip``: ``video`` (rgb, flow, a 32-band
-    spectrogram; six clips with sound) or ``epic100`` (rgb, flow, 128-band log-mel; a tiny EPIC tree
-    and ``test.h5``, an unlabelled store of two segments for ``karmma submit``), extracted and
-    trained (student preset, one epoch) through the CLI, with the extractor family ``encoder``.
+    """A model whose extractor is recorded, for ``predict --clip``: ``video`` (rgb, flow, 64-band
+    log-mel: the video folder's default options; six clips with sound) or ``epic100`` (rgb, flow,
+    128-band log-mel; a tiny EPIC tree and ``test.h5``, an unlabelled store of two segments for
+    ``karmma submit``), extracted and trained (student preset, one epoch) through the CLI, with the
+    extractor family ``encoder``.
     Returns the run folder."""
     from tests.media_trees import clip_frames, epic_csv, epic_tree, tone, write_clip
 

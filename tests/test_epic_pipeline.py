@@ -38,7 +38,8 @@ def test_epic100_extract_train_distill_evaluate_submit_predict(tmp_path, capsys)
     stores = {}
     for split, csv in (("train", "train"), ("val", "validation"), ("test", "test_timestamps")):
         stores[split] = tmp_path / f"{split}.h5"
-        assert main(["extract", "epic100", "--root", str(root), "--annotations", str(ann / f"EPIC_100_{csv}.csv"),
+        assert main(["extract", "epic100", "--encoder", "pool",
+                     "--root", str(root), "--annotations", str(ann / f"EPIC_100_{csv}.csv"),
                      "--out", str(stores[split]), "--no-progress"]) == 0  # fmt: skip
     data = [f"--set=data.train={stores['train']}", f"--set=data.val={stores['val']}"]
     assert main(["train", "--config", "epic100_teacher", "--run-dir", str(tmp_path / "teacher"), *FAST, *data]) == 0
@@ -117,7 +118,8 @@ def test_ssv2_extract_train_evaluate_predict(tmp_path, capsys):
     out = {}
     for split in ("train", "validation"):
         out[split] = tmp_path / f"{split}.h5"
-        assert main(["extract", "ssv2", "--root", str(videos), "--annotations", str(paths[split]), "--labels",
+        assert main(["extract", "ssv2", "--encoder", "pool",
+                     "--root", str(videos), "--annotations", str(paths[split]), "--labels",
                      str(paths["labels"]), "--boxes", str(paths["boxes"]), "--out", str(out[split]),
                      "--no-progress"]) == 0  # fmt: skip
     assert "detections absent for 1 of 2 (no boxes for this video: 1)" in capsys.readouterr().out

@@ -17,7 +17,8 @@ ROWS = [("P01_01_0", "P01_01", 1, 20, 0, 1), ("P01_01_1", "P01_01", 21, 40, 1, 2
 def _extract_epic(capsys, tmp_path, ann):
     root = tmp_path / "EPIC"  # no media at all: every error below comes from the annotations
     root.mkdir(exist_ok=True)
-    return cli(capsys, "extract", "epic100", "--root", root, "--annotations", ann, "--out", tmp_path / "s.h5",
+    return cli(capsys, "extract", "epic100", "--encoder", "pool",
+               "--root", root, "--annotations", ann, "--out", tmp_path / "s.h5",
                "--no-progress")  # fmt: skip
 
 
@@ -68,7 +69,7 @@ def test_a_class_list_shorter_than_the_task_is_refused(tmp_path, capsys):
 def test_a_video_folder_labels_file_is_checked(tmp_path, capsys):
     root = tmp_path / "clips"
     root.mkdir()
-    args = ["extract", "video", "--root", root, "--out", tmp_path / "v.h5", "--no-progress"]
+    args = ["extract", "video", "--encoder", "pool", "--root", root, "--out", tmp_path / "v.h5", "--no-progress"]
     (root / "labels.csv").write_text("id,label,video\na,wave,a.mp4\na,clap,b.mp4\n")
     rc, _, err = cli(capsys, *args)
     assert rc == 2 and "id(s) appear more than once, e.g. ['a']" in err
@@ -84,7 +85,8 @@ def _ssv2(tmp_path, labels, items):
     (tmp_path / "videos").mkdir(exist_ok=True)
     (tmp_path / "labels.json").write_text(json.dumps(labels))
     (tmp_path / "train.json").write_text(json.dumps(items))
-    return ["extract", "ssv2", "--root", tmp_path / "videos", "--annotations", tmp_path / "train.json",
+    return ["extract", "ssv2", "--encoder", "pool",
+            "--root", tmp_path / "videos", "--annotations", tmp_path / "train.json",
             "--labels", tmp_path / "labels.json", "--out", tmp_path / "s.h5", "--no-progress"]  # fmt: skip
 
 

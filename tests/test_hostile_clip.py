@@ -147,7 +147,7 @@ def test_a_long_clip_is_averaged_down_to_the_audio_frame_bound(video_model, tmp_
     with caplog.at_level(logging.INFO, logger="karmma.data.media.audio_stream"):
         rc, out, _ = cli(capsys, "predict", video_model, "--clip", clip)
     assert rc == 0 and "modalities used: audio" in out
-    assert "averaged in groups of 6" in caplog.text and "KARMMA_MAX_AUDIO_FRAMES" in caplog.text  # 2814 frames
+    assert "averaged in groups of 7" in caplog.text and "KARMMA_MAX_AUDIO_FRAMES" in caplog.text  # 3001 frames
     monkeypatch.setenv("KARMMA_MAX_AUDIO_FRAMES", "lots")
     rc, _, err = cli(capsys, "predict", video_model, "--clip", clip)
     assert rc == 2 and "KARMMA_MAX_AUDIO_FRAMES='lots' is not a valid bound" in err

@@ -134,7 +134,8 @@ def test_csvs_that_would_lose_rows_or_be_misread_are_named(tmp_path, capsys, dat
     csv = tmp_path / "EPIC_100_train.csv"
     csv.write_bytes(data)
     (tmp_path / "EPIC").mkdir()
-    rc, _, err = cli(capsys, "extract", "epic100", "--root", tmp_path / "EPIC", "--annotations", csv, "--out",
+    rc, _, err = cli(capsys, "extract", "epic100", "--encoder", "pool",
+                     "--root", tmp_path / "EPIC", "--annotations", csv, "--out",
                      tmp_path / "s.h5", "--no-progress")  # fmt: skip
     assert rc == 2 and words in err, err
 

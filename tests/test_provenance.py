@@ -17,7 +17,7 @@ MIXED = [("P01_01_0", "P01_01", 1, 40, 0, 1), ("P01_01_1", "P01_01", 41, 80, 1, 
 
 def _extract(capsys, tmp_path, rows, name, *extra):
     ann = epic_csv(tmp_path / f"{name}.csv", rows)
-    return cli(capsys, "extract", "epic100", "--root", tmp_path / "tree", "--annotations", ann,
+    return cli(capsys, "extract", "epic100", "--encoder", "pool", "--root", tmp_path / "tree", "--annotations", ann,
                "--out", tmp_path / f"{name}.h5", "--no-progress", *extra)  # fmt: skip
 
 

@@ -168,7 +168,9 @@ def test_a_new_dataset_reader_through_the_cli(tmp_path, capsys):
         if i == 3:
             arrays.pop("gyro")  # a sensor that did not record: absent, not invented
         np.savez(tmp_path / "toy" / f"{i % 2}_{i}.npz", **arrays)
-    rc, out, err = cli(capsys, "extract", "toy_sensors", "--root", tmp_path / "toy", "--out", tmp_path / "toy.h5")
+    rc, out, err = cli(
+        capsys, "extract", "toy_sensors", "--encoder", "pool", "--root", tmp_path / "toy", "--out", tmp_path / "toy.h5"
+    )
     assert rc == 0, err
     fs = open_store(tmp_path / "toy.h5")
     assert fs.modality_names == ["accel", "gyro"]

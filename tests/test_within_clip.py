@@ -294,7 +294,9 @@ def test_extraction_marks_the_tokens_a_black_stretch_covers(tmp_path, capsys):
     write_clip(tmp_path / "dead.mp4", frames, 12, tone(2.0, 440.0))
     write_clip(tmp_path / "fine.mp4", clip_frames(24), 12, tone(2.0, 440.0))
     (tmp_path / "labels.csv").write_text("id,label,video\nc1,x,dead.mp4\nc2,y,fine.mp4\n")
-    rc, _, err = cli(capsys, "extract", "video", "--root", tmp_path, "--out", tmp_path / "v.h5", "--no-progress")
+    rc, _, err = cli(
+        capsys, "extract", "video", "--encoder", "pool", "--root", tmp_path, "--out", tmp_path / "v.h5", "--no-progress"
+    )
     assert rc == 0, err
     fs = open_store(tmp_path / "v.h5")
     assert fs.token_present is not None and fs.durations == pytest.approx([2.0, 2.0])

@@ -1,5 +1,5 @@
 """The experiment commands of the ``karmma`` CLI — ``demo``, ``sweep``, ``utd-mhad``,
-``missing-strategies``: multi-seed
+``missing-strategies``, ``fit-recipe``: multi-seed
 runs that print mean ± std tables (the core commands are in :mod:`karmma.cli`)."""
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         progress=_progress(args),
         resume=not args.no_resume,
         seeds=seeds,
+        configs=(args.teacher_config, args.student_config),
     )
     print()
     print(res.markdown)
@@ -57,7 +58,8 @@ def cmd_utd(args: argparse.Namespace) -> int:
 
     report = run_utd_mhad_benchmark(args.root, args.out, seeds=args.seeds, epochs=args.epochs, progress=_progress(args),
                                     limit=args.limit, repeats=args.repeats, val_subject=args.val_subject,
-                                    overrides=args.set, lanes=args.lanes)  # fmt: skip
+                                    overrides=args.set, lanes=args.lanes,
+                                    configs=(args.teacher_config, args.student_config))  # fmt: skip
     print(report["markdown"])
     return 0
 
@@ -74,6 +76,16 @@ def cmd_missing_strategies(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_recipe(args: argparse.Namespace) -> int:
+    from karmma.experiments.fit_recipe import run_fit_recipe
+
+    report = run_fit_recipe(args.teacher_config, args.student_config, args.out, overrides=args.set,
+                            budget_minutes=args.budget_minutes, seed=args.seed, progress=_progress(args))  # fmt: skip
+    print(report["markdown"])
+    print(f"\nconfigs: {Path(args.out) / 'teacher.yaml'}, {Path(args.out) / 'student.yaml'}")
+    return 0
+
+
 def add_experiment_commands(sub) -> None:
     sp = sub.add_parser("demo", help="teacher -> student -> baselines -> evaluation on the embedded data")
     sp.add_argument("--out", default="runs/demo")
@@ -83,6 +95,8 @@ def add_experiment_commands(sub) -> None:
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     sp.add_argument("--no-resume", action="store_true", help="start over even if runs exist")
     sp.add_argument("--no-progress", action="store_true")
+    sp.add_argument("--teacher-config", default="demo_teacher", help="the teacher's preset or YAML")
+    sp.add_argument("--student-config", default="demo_student", help="the student's (and baselines')")
     sp.set_defaults(func=cmd_demo)
 
     sp = sub.add_parser("sweep", help="a grid of config values over seeds, ranked on the validation split")
@@ -111,6 +125,8 @@ def add_experiment_commands(sub) -> None:
                          "between them (default: 2 on a machine with 2 or more cores)")  # fmt: skip
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of every config")
     sp.add_argument("--no-progress", action="store_true")
+    sp.add_argument("--teacher-config", default="utd_mhad_teacher", help="the teacher's preset or YAML")
+    sp.add_argument("--student-config", default="utd_mhad_student", help="the student's (and baselines')")
     sp.set_defaults(func=cmd_utd)
 
     sp = sub.add_parser("missing-strategies", help="the same model with each missing-modality strategy, over seeds")
@@ -125,3 +141,14 @@ def add_experiment_commands(sub) -> None:
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of every config")
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_missing_strategies)
+
+    sp = sub.add_parser("fit-recipe", help="try a few candidate settings on the validation split, within a budget")
+    sp.add_argument("--teacher-config", default="teacher", help="the teacher's preset or YAML (default: teacher)")
+    sp.add_argument("--student-config", default="student", help="the student's preset or YAML (default: student)")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="e.g. data.train=train.h5 and data.val=val.h5, for both configs")  # fmt: skip
+    sp.add_argument("--budget-minutes", type=float, default=30.0, help="wall-clock budget (default 30)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", default="runs/recipe")
+    sp.add_argument("--no-progress", action="store_true")
+    sp.set_defaults(func=cmd_fit_recipe)

@@ -135,6 +135,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from karmma.extractors.extract import run_extract, sigterm_as_interrupt
+    from karmma.extractors.families import default_family
 
     with sigterm_as_interrupt():  # SIGTERM stops cleanly, as Ctrl-C does: what is done is kept
         path = run_extract(
@@ -142,7 +143,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
             args.root,
             args.out,
             split=args.split,
-            encoder=args.encoder,
+            encoder=args.encoder or default_family(),
             weights=args.weights,
             resume=not args.no_resume,
             progress=_progress(args),
@@ -150,7 +151,14 @@ def cmd_extract(args: argparse.Namespace) -> int:
             limit=args.limit,
             workers=args.workers,
             dtype=args.dtype,
-            options={"annotations": args.annotations, "labels": args.labels, "boxes": args.boxes},
+            options={
+                "annotations": args.annotations,
+                "labels": args.labels,
+                "boxes": args.boxes,
+                "frame_size": args.frame_size,
+                "frames": args.frames,
+                "audio": args.audio,
+            },
             modalities=tuple(m.strip() for m in args.modalities.split(",") if m.strip()) if args.modalities else None,
             allow_mixed_flow=args.allow_mixed_flow,
         )
@@ -278,9 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--split", default="all", choices=["all", "train", "test"])
     sp.add_argument(
         "--encoder",
-        default="pool",
+        default=None,
         choices=EXTRACTORS.names(),
-        help="a registered extractor family: pool (parameter-free); efficientnet (ImageNet EfficientNet-Lite2/Lite0 "
+        help="a registered extractor family (default: efficientnet where its weights are installed, else pool): "
+        "pool (parameter-free); efficientnet (ImageNet EfficientNet-Lite2/Lite0 "
         "frame backbones, depth motion maps and raw signals for trainable encoders); motion_maps (depth only); "
         "cnn (your own encoders, --weights)",
     )
@@ -288,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--annotations", help="epic100: EPIC_100_{train,validation}.csv; ssv2: the train/validation JSON")
     sp.add_argument("--labels", help="ssv2: something-something-v2-labels.json")
     sp.add_argument("--boxes", help="ssv2: Something-Else box JSON (a file or a folder of them)")
+    sp.add_argument("--frame-size", type=int, help="video: frame side in px (default 112)")
+    sp.add_argument("--frames", type=int, help="video: frames spread over each clip (default 32; 0: every frame)")
+    sp.add_argument("--audio", choices=("log_mel", "spectrogram"), help="video: audio features (default log_mel, "
+                    "64 bands; spectrogram: karmma 0.2's 32 linear bands)")  # fmt: skip
     sp.add_argument(
         "--on-error",
         default=None,

@@ -16,8 +16,19 @@ from karmma.data.raw import Raw
 VIDEO_MODALITIES = ("rgb", "flow")
 FRAME_SIZE = (64, 64)  # (H, W) the frozen encoders see (EPIC-100, SSv2)
 NUM_FRAMES = 16  # frames sampled evenly over a segment (paper-unknown default)
-VIDEO_FRAME_SIZE = (64, 64)  # the generic video folder's
-AUDIO_BINS = 32  # the generic video folder's spectrogram bands
+VIDEO_FRAME_SIZE = (64, 64)  # the generic video folder's before karmma 0.3 (stores that record no preprocessing)
+AUDIO_BINS = 32  # the generic video folder's spectrogram bands before karmma 0.3
+# The generic video folder's extraction options (``karmma extract video --frame-size --frames --audio``)
+# and their defaults: frames of 112 px, 32 spread over the clip, 64-band log-mel audio.
+VIDEO_OPTIONS = {"frame_size": 112, "frames": 32, "audio": "log_mel"}
+VIDEO_AUDIO = {
+    # log-mel (HTK mel, as auditory-slow-fast) at 24 kHz: 25 ms Hann windows every 10 ms, 64 bands —
+    # the mel scale resolves the low frequencies where speech and most action sounds live
+    "log_mel": {"features": "log_mel", "rate": AUDIO_RATE, "bands": 64, "window_s": 0.025, "hop_s": 0.010,
+                "n_fft": 1024},
+    # before karmma 0.3: 32 linear-frequency bands of a log spectrogram (512-sample window, hop 256)
+    "spectrogram": {"features": "spectrogram", "rate": AUDIO_RATE, "bands": AUDIO_BINS, "nperseg": 512, "hop": 256},
+}  # fmt: skip
 
 
 def clip_modalities(
@@ -131,7 +142,7 @@ def _frames_raw(raw: Raw, frames: np.ndarray, modalities: tuple[str, ...], undec
     return video_raw(raw, frames, modalities, None, undecodable)
 
 
-def epic_clip(path: Path, modalities: tuple[str, ...]) -> Raw:
+def epic_clip(path: Path, modalities: tuple[str, ...], prep: dict | None = None) -> Raw:
     """EPIC-100's raw modalities of a clip: rgb and flow from its frames, audio as 128-band log-mel."""
     from karmma.data.media.audio_stream import log_mel_framing
     from karmma.data.media.decode import MEL_HOP_S, MEL_NFFT, MEL_WINDOW_S, decode_clip
@@ -142,7 +153,7 @@ def epic_clip(path: Path, modalities: tuple[str, ...]) -> Raw:
     return clip_modalities(clip, modalities, lambda frames, bad: clip_raw(frames, None, modalities, bad))
 
 
-def ssv2_clip(path: Path, modalities: tuple[str, ...]) -> Raw:
+def ssv2_clip(path: Path, modalities: tuple[str, ...], prep: dict | None = None) -> Raw:
     """SSv2's raw modalities of a clip: rgb and flow (no object detector runs on a raw clip)."""
     from karmma.data.media.decode import decode_clip
 
@@ -154,30 +165,69 @@ def ssv2_clip(path: Path, modalities: tuple[str, ...]) -> Raw:
     return raw
 
 
-def video_clip(path: Path, modalities: tuple[str, ...]) -> Raw:
-    """The generic video folder's raw modalities of a clip: every frame, flow, a log spectrogram."""
+def video_preprocessing(frame_size: int | None = None, frames: int | None = None, audio: str | None = None) -> dict:
+    """The generic video folder's preprocessing with these extraction options (None: the default of
+    :data:`VIDEO_OPTIONS`; ``frames=0``: every frame), as stored with its features."""
+    from karmma.errors import DataError
+
+    size = VIDEO_OPTIONS["frame_size"] if frame_size is None else int(frame_size)
+    count = VIDEO_OPTIONS["frames"] if frames is None else int(frames)
+    kind = audio or VIDEO_OPTIONS["audio"]
+    if not 16 <= size <= 1024 or not (count == 0 or 2 <= count <= 10_000) or kind not in VIDEO_AUDIO:
+        raise DataError(
+            f"video extraction options frame_size={size}, frames={count}, audio={kind!r}: give a frame "
+            f"size in [16, 1024] px, 0 (every frame) or 2-10000 frames, audio {' or '.join(VIDEO_AUDIO)}"
+        )
+    return {"frame_size": [size, size], "frames_per_clip": count or None, "rgb_frames_per_clip": count or None,
+            "flow": "farneback", "audio": dict(VIDEO_AUDIO[kind])}  # fmt: skip
+
+
+# what a video-folder store that records no preprocessing (karmma < 0.3) was extracted with
+LEGACY_VIDEO = {"frame_size": list(VIDEO_FRAME_SIZE), "frames_per_clip": None, "rgb_frames_per_clip": None,
+                "flow": "farneback", "audio": dict(VIDEO_AUDIO["spectrogram"])}  # fmt: skip
+
+
+def audio_framing(audio: dict):
+    """The :class:`~karmma.data.media.audio_stream.Framing` of a preprocessing's ``audio`` entry."""
+    from karmma.data.media.audio_stream import log_mel_framing
+    from karmma.errors import DataError
+
+    if audio.get("features") == "log_mel":
+        return log_mel_framing(audio["rate"], audio["bands"], audio["window_s"], audio["hop_s"], audio["n_fft"])
+    if audio.get("features") == "spectrogram":
+        return spectrogram_framing(audio["rate"], audio["bands"], audio.get("nperseg", 512), audio.get("hop", 256))
+    raise DataError(f"unknown audio features {audio.get('features')!r}; known: log_mel, spectrogram")
+
+
+def video_clip(path: Path, modalities: tuple[str, ...], prep: dict | None = None) -> Raw:
+    """The generic video folder's raw modalities of a clip, as ``prep`` (its store's preprocessing;
+    None: a store of karmma < 0.3) says: frames spread over the clip, flow, audio features."""
     from karmma.data.media.decode import decode_clip
 
-    framing = spectrogram_framing(AUDIO_RATE) if "audio" in modalities else None
-    clip = decode_clip(path, VIDEO_FRAME_SIZE, 10_000, framing, video="rgb" in modalities or "flow" in modalities)
+    prep = prep or LEGACY_VIDEO
+    framing = audio_framing(prep["audio"]) if "audio" in modalities else None
+    clip = decode_clip(path, tuple(prep["frame_size"]), prep["frames_per_clip"] or 10_000, framing,
+                       video="rgb" in modalities or "flow" in modalities)  # fmt: skip
     return clip_modalities(clip, modalities, lambda frames, bad: _frames_raw(Raw(), frames, modalities, bad))
 
 
-CLIP_FORMATS: dict[str, Callable[[Path, tuple[str, ...]], Raw]] = {
+# a clip format: (clip, modalities, the preprocessing its store recorded or None) -> raw modalities
+CLIP_FORMATS: dict[str, Callable[[Path, tuple[str, ...], dict | None], Raw]] = {
     "epic100": epic_clip,
     "ssv2": ssv2_clip,
     "video": video_clip,
 }
 
 
-def preprocessing(reader: str) -> dict:
+def preprocessing(reader: str, recorded: dict | None = None) -> dict:
     """How a clip format turns a clip into raw modalities, as recorded in a deployment's
     ``pipeline.json`` and read back by the streaming runtime (:mod:`karmma.runtime.stream`):
-    frame size (H, W), frames sampled over a clip (None: every frame), audio features."""
+    frame size (H, W), frames sampled over a clip (None: every frame), audio features.
+    ``recorded``: what the model's store recorded (the generic video folder's options), if any."""
+    if recorded:
+        return dict(recorded)
     if reader == "video":
-        audio = {"features": "spectrogram", "rate": AUDIO_RATE, "bands": AUDIO_BINS, "nperseg": 512, "hop": 256}
-        return {"frame_size": list(VIDEO_FRAME_SIZE), "frames_per_clip": None, "rgb_frames_per_clip": None,
-                "flow": "farneback", "audio": audio}  # fmt: skip
+        return dict(LEGACY_VIDEO)
     from karmma.data.media.decode import MEL_HOP_S, MEL_NFFT, MEL_WINDOW_S
 
     audio = {"features": "log_mel", "rate": AUDIO_RATE, "bands": MEL_BANDS, "window_s": MEL_WINDOW_S,

@@ -132,10 +132,11 @@ class FeatureStoreWriter:
         try:
             check_hdf5(self.h5, self.path, "features/")  # nothing in it reads another file
             old = json.loads(self.h5.attrs.get("meta", "{}"))
-            if old.get("feature_sets") != meta["feature_sets"] or list(self.h5["ids"].asstr()[:]) != list(ids):
-                raise DataError(
-                    f"{self.path}: exists with other samples or feature shapes; delete it or write elsewhere"
-                )
+            prep = old.get("extra", {}).get("preprocessing"), meta["extra"].get("preprocessing")  # e.g. --frames
+            if old.get("feature_sets") != meta["feature_sets"] or list(self.h5["ids"].asstr()[:]) != list(ids) or (
+                    prep[0] != prep[1]):  # fmt: skip
+                what = f"extraction options {prep[0]}" if prep[0] != prep[1] else "other samples or feature shapes"
+                raise DataError(f"{self.path}: exists with {what}; delete it or write elsewhere")
             self._chunk = self.h5[self._first_dataset()].chunks[0]
             stored = self.h5[self._first_dataset()].dtype
             if stored != self.dtype:

@@ -73,7 +73,8 @@ def pipeline_spec(meta: dict) -> dict:
         )
     size = ex.get("feature_set", "teacher")
     spec: dict[str, Any] = {"format": PIPELINE_FORMAT, "version": 1, "fusion": "fusion.onnx", "extractor": ex,
-            "preprocessing": preprocessing(ex["reader"]), "backbones": {}, "backbone_of": {}}  # fmt: skip
+            "preprocessing": preprocessing(ex["reader"], ex.get("preprocessing")), "backbones": {},
+            "backbone_of": {}}  # fmt: skip
     images = any(kind in ("frames", "flow") for kind, _ in ex["kinds"].values())
     if ex["encoder"] == "efficientnet" and images:
         variant, resolution = BACKBONES[size]

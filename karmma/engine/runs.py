@@ -13,6 +13,7 @@ from karmma.config import DataConfig, ExperimentConfig, from_dict
 from karmma.data.dataset import FeatureSet, check_fits, require_samples, validate_features
 from karmma.data.sources import load_paired, load_split
 from karmma.data.store import store_info
+from karmma.engine import defaults
 from karmma.engine.distill import distill
 from karmma.engine.distributed import resolve_device
 from karmma.engine.out_of_fold import teacher_config
@@ -37,8 +38,11 @@ def _meta_extra(cfg: ExperimentConfig, stage: str) -> dict:
             if extra.get("weights"):
                 meta["extractor"]["weights"] = extra["weights"]
             # what each raw modality is, so that `predict --clip` rebuilds the extractors without the reader
+            # (as the store recorded them; a store of karmma < 0.3: as its reader declares them)
             kinds = READERS.get(extra["reader"]).modalities if extra["reader"] in READERS else {}
-            meta["extractor"]["kinds"] = {m: [k.kind, k.channels] for m, k in kinds.items()}
+            meta["extractor"]["kinds"] = extra.get("kinds") or {m: [k.kind, k.channels] for m, k in kinds.items()}
+            if extra.get("preprocessing"):  # the clip format's options (frame size, frames, audio features)
+                meta["extractor"]["preprocessing"] = extra["preprocessing"]
     return meta
 
 
@@ -57,13 +61,14 @@ def _val(cfg: ExperimentConfig) -> FeatureSet | None:
 
 def run_train(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = True, progress: bool = False) -> FitResult:
     """Stage 1: a teacher (or a baseline) trained with cross-entropy."""
-    train = load_split(cfg.data, "train")
+    train, val = load_split(cfg.data, "train"), _val(cfg)
+    cfg = defaults.resolve(cfg, val is not None)
     return fit(
         ClassificationTask(build_model(cfg, train), cfg.optim.label_smoothing),
         train,
         cfg,
         run_dir,
-        val_data=_val(cfg),
+        val_data=val,
         resume=resume,
         progress=progress,
         extra_meta=_meta_extra(cfg, "train"),
@@ -75,14 +80,15 @@ def run_distill(
 ) -> FitResult:
     """Stage 2: the student distilled from a frozen teacher checkpoint."""
     teacher, tmeta = load_model(teacher_path)
-    data = load_paired(cfg.data, "train", tmeta.get("feature_set", "teacher"))
+    data, val = load_paired(cfg.data, "train", tmeta.get("feature_set", "teacher")), _val(cfg)
+    cfg = defaults.resolve(cfg, val is not None, "distill")
     return distill(
         build_model(cfg, data.student),
         teacher,
         data,
         cfg,
         run_dir,
-        val_data=_val(cfg),
+        val_data=val,
         resume=resume,
         progress=progress,
         extra_meta={**_meta_extra(cfg, "distill"), "teacher": str(teacher_path)},

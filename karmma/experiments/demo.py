@@ -44,13 +44,14 @@ def run_demo(
     progress: bool = False,
     resume: bool = True,
     seeds: tuple[int, ...] = (0, 1, 2),
+    configs: tuple[str, str] = ("demo_teacher", "demo_student"),
 ) -> DemoResult:
     out = Path(out_dir)
     extra = [*(overrides or []), *([f"optim.epochs={epochs}"] if epochs is not None else [])]
     per_seed, dirs = [], {}
     for seed in seeds:
         log.info("seed %d", seed)
-        results, tasks, dirs[seed] = run_comparison("demo_teacher", "demo_student", out / f"seed{seed}",
+        results, tasks, dirs[seed] = run_comparison(*configs, out / f"seed{seed}",
                                                     [*extra, f"seed={seed}"], repeats, progress, resume,
                                                     eval_split="test")  # fmt: skip
         write_results(results, out / f"seed{seed}" / "eval", tasks)

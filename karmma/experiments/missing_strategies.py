@@ -71,7 +71,7 @@ def run_missing_strategies(
         fit, val, test = prepare_stores(root, out / "features", progress=progress)
         base = [f"data.train={fit}", f"data.val={val}", *base]
         eval_store = str(test)
-    dirs = {seed: {s: out / f"seed{seed}" / s for s in strategies} for seed in seeds}
+    dirs: dict[int, dict[str, str | Path]] = {seed: {s: out / f"seed{seed}" / s for s in strategies} for seed in seeds}
     jobs = [(DATASETS[data], [*base, f"seed={seed}", f"model.missing={s}", f"name={s}"], str(dirs[seed][s]))
             for seed in seeds for s in strategies]  # fmt: skip
     lanes = auto_lanes() if lanes is None else lanes

@@ -83,6 +83,7 @@ def run_utd_mhad_benchmark(
     val_subject: int = 7,
     overrides: list[str] | None = None,
     lanes: int | None = None,
+    configs: tuple[str, str] = ("utd_mhad_teacher", "utd_mhad_student"),
 ) -> dict:
     from karmma.data.readers.base import get_reader
     from karmma.evaluation.pipeline_cost import format_pipeline_cost, pipeline_cost_table
@@ -97,7 +98,7 @@ def run_utd_mhad_benchmark(
     for seed in seeds:
         sets = [f"data.train={fit}", f"data.val={val}", f"seed={seed}", *(overrides or [])]
         sets += [f"optim.epochs={epochs}"] if epochs is not None else []
-        results, tasks, dirs = run_comparison("utd_mhad_teacher", "utd_mhad_student", out / f"seed{seed}", sets,
+        results, tasks, dirs = run_comparison(*configs, out / f"seed{seed}", sets,
                                               repeats, progress, eval_store=feats["test"], lanes=lanes,
                                               bursts=BURSTS, raw_root=root)  # fmt: skip
         results["fusion_weights"] = {k: _fitted_weights(d) for k, d in dirs.items()}
@@ -125,7 +126,7 @@ def run_utd_mhad_benchmark(
     (out / "report.md").write_text(md + "\n")
     plot_means(summary, metric, out)
     full = {"protocol": {"val_subject": val_subject, "seeds": list(seeds), "metric": metric, "test_clips": n_test,
-                         "lanes": lanes},
+                         "lanes": lanes, "configs": list(configs)},
             "summary": summary, "per_seed": per_seed, "cost": cost,
             "seconds": {"extraction": t_extract, "training_and_evaluation": t_train}}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(full, indent=2))

@@ -140,7 +140,7 @@ def run_extract(
     samples whose flow would come from different algorithms are refused unless ``allow_mixed_flow``."""
     root, out = Path(root), Path(out)
     check_file_writable(out, "feature store")  # before the long work: a read-only or full --out fails now
-    not_an_input(out, {f"--{k}": v for k, v in (options or {}).items() if v})  # never over an annotation file
+    not_an_input(out, {f"--{k}": v for k, v in (options or {}).items() if isinstance(v, (str, Path))})  # annotations
     reader = get_reader(dataset, **(options or {}))
     on_error = on_error or reader.on_error
     modalities = tuple(modalities or reader.default_modalities)
@@ -161,7 +161,8 @@ def run_extract(
     extra = {**reader.extra, "encoder": encoder, "reader": dataset,
              "clip_tokens": [m for m in modalities if whole_clip_tokens(encoders["teacher"][m])],
              "contract": dict(reader.contract),
-             "sources": {m: sorted({s[m] for s in sources if m in s}) for m in modalities}}  # fmt: skip
+             "sources": {m: sorted({s[m] for s in sources if m in s}) for m in modalities},
+             "kinds": {m: [k.kind, k.channels] for m, k in kinds.items()}}  # fmt: skip
     if weights:  # where the family's weights are: `predict --clip` loads the same ones
         extra["weights"] = str(Path(weights).resolve())
     fresh = not (resume and out.exists())

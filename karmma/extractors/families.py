@@ -97,3 +97,22 @@ def efficientnet_family(kinds: Kinds, size: str, weights: str | Path | None = No
 
 
 ENCODER_FAMILIES = ("pool", "efficientnet", "cnn")
+
+
+def default_family() -> str:
+    """``karmma extract``'s family when none is named: ``efficientnet`` where its ImageNet weights
+    are installed (the package's dependencies), else ``pool``, with a warning saying so."""
+    import logging
+
+    from karmma.errors import CheckpointError
+    from karmma.extractors.efficientnet_lite import weights_path
+
+    try:
+        for variant in ("lite0", "lite2"):
+            weights_path(variant)
+    except CheckpointError as e:
+        logging.getLogger(__name__).warning(
+            "extracting with the parameter-free pool family: %s. Pooled pixels recognise far less than "
+            "ImageNet features; pass --encoder pool to choose it knowingly", e)  # fmt: skip
+        return "pool"
+    return "efficientnet"

@@ -107,10 +107,13 @@ class _Conv1d(nn.Module):
 
 
 def build_encoders(specs: list[ModalitySpec], cfg) -> nn.ModuleList:
-    """One encoder per modality, as ``model.encoders`` names them (``identity`` where it does not)."""
-    names = cfg.encoders
+    """One encoder per modality, as ``model.encoders`` names them: by modality name, else the
+    ``"*"`` entry (every other modality, e.g. ``{"*": temporal_conv}`` in a preset for any data),
+    else ``identity``."""
+    names: dict[str, str] = dict(cfg.encoders)
+    other = names.pop("*", "identity")
     check_named_modalities(names, specs, "model.encoders")
-    return nn.ModuleList(ENCODERS.get(names.get(s.name, "identity")).from_config(s, cfg) for s in specs)
+    return nn.ModuleList(ENCODERS.get(names.get(s.name, other)).from_config(s, cfg) for s in specs)
 
 
 @ENCODERS.register("efficientnet_lite0")

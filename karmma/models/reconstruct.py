@@ -67,8 +67,8 @@ class Reconstruct(MissingStrategy):
         mask = torch.cat([torch.ones_like(keep[:, :1]), keep], dim=1)[:, None, None, :]
         q = self.q(self.norm_q(self.queries)).expand(b, -1, -1)
         k, v = self.kv(ctx).chunk(2, dim=-1)
-        heads = [t.reshape(b, t.shape[1], self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v)]
-        y = F.scaled_dot_product_attention(*heads, attn_mask=mask)
+        q, k, v = (t.reshape(b, t.shape[1], self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = self.out(y.transpose(1, 2).reshape(b, n, d))
         return y + self.mlp(y)
 

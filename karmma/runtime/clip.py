@@ -32,7 +32,8 @@ def clip_sample(predictor, clip: str | Path, modalities: tuple[str, ...]) -> Raw
         raise DataError(f"clip {clip} does not exist")
     if ex.get("kinds") and ex["reader"] in CLIP_FORMATS:  # the spec saved with the model: no reader imported
         kinds_of = {m: Kind(*v) for m, v in ex["kinds"].items()}
-        decode = CLIP_FORMATS[ex["reader"]]
+        fmt = CLIP_FORMATS[ex["reader"]]  # decoding as the store recorded (the generic video folder's options)
+        decode = lambda path, mods: fmt(path, mods, ex.get("preprocessing"))  # noqa: E731
     else:  # a model from karmma 0.1 (no spec saved), or a plugin's reader: the reader itself says
         from karmma.data.readers.base import reader_class
 

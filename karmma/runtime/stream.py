@@ -67,7 +67,9 @@ class Streamer:
             raise DataError("this model records no extractor (its features came from another tool): it cannot "
                             "read sensors; export it from a run trained on `karmma extract` features")  # fmt: skip
         self.predictor, self.topk, self.max_hops = predictor, topk, max_hops
-        self.prep = getattr(predictor, "spec", {}).get("preprocessing") or preprocessing(ex["reader"])
+        self.prep = getattr(predictor, "spec", {}).get("preprocessing") or preprocessing(
+            ex["reader"], ex.get("preprocessing")
+        )
         kinds = {m: Kind(*v) for m, v in ex["kinds"].items()}
         names = list(modalities or predictor.modality_names)
         self.sources = list(sources)
@@ -292,16 +294,11 @@ class Streamer:
 
     # ------------------------------------------------------------------ audio and signals: per window
     def _audio_framing(self):
-        from karmma.data.media.audio_stream import log_mel_framing
+        from karmma.data.clips import audio_framing
 
-        a = self.prep.get("audio") or {}
-        if a.get("features") == "log_mel":
-            return log_mel_framing(a["rate"], a["bands"], a["window_s"], a["hop_s"], a["n_fft"])
-        if a.get("features") == "spectrogram":
-            from karmma.data.clips import spectrogram_framing
-
-            return spectrogram_framing(a["rate"], a["bands"])
-        raise DataError(f"this model's clip format ({self.predictor.extractor['reader']}) has no audio features")
+        if not self.prep.get("audio"):
+            raise DataError(f"this model's clip format ({self.predictor.extractor['reader']}) has no audio features")
+        return audio_framing(self.prep["audio"])
 
     def _audio_window(self, t: float) -> tuple[np.ndarray | None, np.ndarray]:
         from karmma.data.media.audio_stream import frames_of, frames_valid

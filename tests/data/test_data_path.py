@@ -113,7 +113,21 @@ def test_extract_writes_float16_stores(tmp_path):
 
     root, out = make_utd(tmp_path / "utd"), tmp_path / "s.h5"
     assert (
-        main(["extract", "utd_mhad", "--root", str(root), "--out", str(out), "--dtype", "float16", "--no-progress"])
+        main(
+            [
+                "extract",
+                "utd_mhad",
+                "--encoder",
+                "pool",
+                "--root",
+                str(root),
+                "--out",
+                str(out),
+                "--dtype",
+                "float16",
+                "--no-progress",
+            ]
+        )
         == 0
     )
     fs = open_store(out, in_memory=True)

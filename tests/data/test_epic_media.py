@@ -56,7 +56,19 @@ def test_extract_epic_tree_through_the_cli(tree, tmp_path, capsys):
         ("P03_01_0", "P03_01", 1, 10, 3, 4),  # no media at all: not written, listed
     ])  # fmt: skip
     out = tmp_path / "train.h5"
-    argv = ["extract", "epic100", "--root", str(tree), "--annotations", str(ann), "--out", str(out), "--no-progress"]
+    argv = [
+        "extract",
+        "epic100",
+        "--encoder",
+        "pool",
+        "--root",
+        str(tree),
+        "--annotations",
+        str(ann),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 2  # flow from TV-L1 JPEGs and from the MP4 in one store: refused unless asked
     assert "--allow-mixed-flow" in capsys.readouterr().err
     argv.append("--allow-mixed-flow")
@@ -95,14 +107,20 @@ def test_frames_convention_folder_and_tar(tree):
 def test_annotation_needed_and_split_refused(tree, tmp_path):
     with pytest.raises(DataError, match="--annotations"):
         EpicReader()
-    assert main(["extract", "epic100", "--root", str(tree), "--out", str(tmp_path / "x.h5")]) == 2
-    assert main(["extract", "utd_mhad", "--root", str(tree), "--annotations", "a.csv", "--out", "x.h5"]) == 2
+    assert main(["extract", "epic100", "--encoder", "pool", "--root", str(tree), "--out", str(tmp_path / "x.h5")]) == 2
+    assert (
+        main(
+            ["extract", "utd_mhad", "--encoder", "pool", "--root", str(tree), "--annotations", "a.csv", "--out", "x.h5"]
+        )
+        == 2
+    )
 
 
 def test_unlabelled_test_split_is_for_prediction_only(tree, tmp_path):
     ann = epic_csv(tmp_path / "EPIC_100_test_timestamps.csv", [("P02_01_7", "P02_01", 1, 60, 0, 0)], labelled=False)
     out = tmp_path / "test.h5"
-    assert main(["extract", "epic100", "--root", str(tree), "--annotations", str(ann), "--out", str(out),
+    assert main(["extract", "epic100", "--encoder", "pool",
+                 "--root", str(tree), "--annotations", str(ann), "--out", str(out),
                  "--no-progress"]) == 0  # fmt: skip
     data = open_store(out)
     assert not data.labelled and data.labels["verb"].tolist() == [-1]
@@ -117,7 +135,10 @@ def test_video_folder_reads_audio_from_the_video_track(tmp_path):
     write_clip(tmp_path / "b.mp4", clip_frames(12, kind=1), 12)  # no audio track: audio absent, not an error
     (tmp_path / "labels.csv").write_text("id,label,video\na,x,a.mp4\nb,y,b.mp4\n")
     out = tmp_path / "v.h5"
-    assert main(["extract", "video", "--root", str(tmp_path), "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(["extract", "video", "--encoder", "pool", "--root", str(tmp_path), "--out", str(out), "--no-progress"])
+        == 0
+    )
     assert open_store(out).present.tolist() == [[True, True, True], [True, True, False]]
     summary = json.loads((tmp_path / "v.h5.summary.json").read_text())
     assert summary["absent"]["audio"]["no audio track"]["examples"] == ["b"]
@@ -129,7 +150,17 @@ def test_corrupt_video_is_absent_with_its_reason_or_stops_with_its_name(tmp_path
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
     write_clip(tmp_path / "P05" / "videos" / "P05_02.MP4", clip_frames(60), 60, tone(1.0, 440.0))
     ann = epic_csv(tmp_path / "a.csv", [("P05_01_0", "P05_01", 1, 30, 0, 0), ("P05_02_0", "P05_02", 1, 30, 1, 1)])
-    argv = ["extract", "epic100", "--root", str(tmp_path), "--annotations", str(ann), "--no-progress"]
+    argv = [
+        "extract",
+        "epic100",
+        "--encoder",
+        "pool",
+        "--root",
+        str(tmp_path),
+        "--annotations",
+        str(ann),
+        "--no-progress",
+    ]
     assert main([*argv, "--out", str(tmp_path / "s.h5")]) == 0
     summary = json.loads((tmp_path / "s.h5.summary.json").read_text())
     assert summary["not_written"] == ["P05_01_0"]

@@ -100,3 +100,22 @@ def test_without_its_loss_the_predictor_still_trains_through_the_task(specs, tas
     dropped[:, 0] = False
     ClassificationTask(model)(batch, dropped)["loss"].backward()
     assert model.missing.queries.grad.abs().sum() > 0
+
+
+def test_the_strategy_comparison_command_reports_every_strategy(tmp_path, capsys):
+    from karmma.cli.main import main
+
+    small = ["data.synthetic.num_train=96", "data.synthetic.num_val=32", "data.synthetic.num_test=48",
+             "optim.epochs=1", "optim.batch_size=32"]  # fmt: skip
+    argv = ["missing-strategies", "--data", "demo", "--out", str(tmp_path / "m"), "--seeds", "0,1", "--lanes", "1",
+            "--strategies", "token,reconstruct", "--repeats", "1", "--no-progress"]  # fmt: skip
+    assert main([*argv, *(a for s in small for a in ("--set", s))]) == 0
+    out = capsys.readouterr().out
+    assert "| token | reconstruct |" in out and "mean over sensor-dropout rates" in out
+    summary = json.loads((tmp_path / "m" / "summary.json").read_text())
+    assert summary["split"] == "test" and set(summary["summary"]["models"]) == {"token", "reconstruct"}
+    assert len(summary["summary"]["means"]["token"]["subsets"]["values"]) == 2  # one per seed
+    model, meta = load_model(tmp_path / "m" / "seed1" / "reconstruct")
+    assert meta["model"]["missing"] == "reconstruct" and isinstance(model.missing, Reconstruct)
+    assert main(["missing-strategies", "--out", str(tmp_path / "x"), "--strategies", "token,nope"]) == 2
+    assert "nope" in capsys.readouterr().err

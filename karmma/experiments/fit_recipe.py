@@ -1,0 +1,162 @@
+"""``karmma fit-recipe``: an automatic recipe for data no recipe was tuned on — a small, fixed set
+of candidate settings tried on the *validation* split only, within a time budget; writes the
+chosen teacher and student configs with their validation table.
+
+Candidates, tried in this order (the most likely first, so that a short budget still tries them):
+
+teacher (each on top of the teacher config, ``recipe: safe`` unless it says otherwise)
+    ``base``         the config as given;
+    ``paper``        ``recipe=paper``: the paper's plain model, no late fusion;
+    ``regularised``  fusion dropout 0.3, weight decay 0.1, input noise 0.1, time warp 0.2;
+    ``dropout_0.6``  modality dropout p 0.6 (more training on lone sensors);
+    ``small``        fusion width 64, one encoder layer;
+    ``deep``         three encoder layers, fusion depth 3;
+student (on top of the student config with the chosen teacher's settings, distilled from it)
+    ``alpha0.5_T4``, ``alpha0.3_T4``, ``alpha0.7_T2``: the distillation weight and temperature.
+
+Score (the same for every candidate): the mean of the all-modality accuracy and the accuracy
+averaged over every modality subset, on the validation split — what a user gets with every
+sensor, and how it degrades. One seed (``seed``). The first candidate of each role always runs;
+another starts only while the budget allows one more of the longest so far. Every run folder is
+kept and resumed.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from karmma.config import load_config, load_yaml
+from karmma.engine.runs import run_distill, run_evaluate, run_train
+from karmma.errors import ConfigError
+from karmma.evaluation.evaluate import main_metric
+from karmma.outputs import write_json_atomic, write_text_atomic
+from karmma.presets import preset_path
+
+log = logging.getLogger(__name__)
+
+TEACHER_CANDIDATES: list[tuple[str, list[str]]] = [
+    ("base", []),
+    ("paper", ["recipe=paper"]),
+    (
+        "regularised",
+        ["model.dropout=0.3", "optim.weight_decay=0.1", "augment.input_noise=0.1", "augment.time_warp=0.2"],
+    ),  # fmt: skip
+    ("dropout_0.6", ["modality_dropout.p=0.6"]),
+    ("small", ["model.dim=64", "model.head_hidden=64", "model.encoder_layers=1"]),
+    ("deep", ["model.encoder_layers=3", "model.depth=3"]),
+]
+STUDENT_CANDIDATES: list[tuple[str, list[str]]] = [
+    ("alpha0.5_T4", ["distill.alpha=0.5", "distill.temperature=4.0"]),
+    ("alpha0.3_T4", ["distill.alpha=0.3", "distill.temperature=4.0"]),
+    ("alpha0.7_T2", ["distill.alpha=0.7", "distill.temperature=2.0"]),
+]
+
+
+def score(subsets: dict, metric: str) -> tuple[float, float, float]:
+    """(score, all-modality accuracy, mean over subsets) of one model's per-subset results."""
+    values = [v[metric] for v in subsets.values()]
+    full, mean = float(values[-1]), float(np.mean(values))
+    return (full + mean) / 2.0, full, mean
+
+
+def merged_yaml(config: str | Path, overrides: list[str]) -> dict[str, Any]:
+    """The config file's keys with ``overrides`` applied, as :func:`karmma.config.load_config` applies them."""
+    data = copy.deepcopy(load_yaml(preset_path(config)))
+    for item in overrides:
+        key, raw = item.split("=", 1)
+        node, parts = data, key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def run_fit_recipe(
+    teacher_config: str | Path = "teacher",
+    student_config: str | Path = "student",
+    out: str | Path = "runs/recipe",
+    overrides: list[str] | None = None,
+    budget_minutes: float = 30.0,
+    seed: int = 0,
+    repeats: int = 1,
+    progress: bool = False,
+) -> dict:
+    """Try the candidates (module docstring) on the validation split within ``budget_minutes``;
+    write ``teacher.yaml``, ``student.yaml``, ``recipe.md`` and ``recipe.json`` in ``out``."""
+    if not budget_minutes > 0:
+        raise ConfigError(f"--budget-minutes {budget_minutes}: give a positive number of minutes")
+    out, base = Path(out), [*(overrides or []), f"seed={seed}"]
+    for config, cands in ((teacher_config, TEACHER_CANDIDATES), (student_config, STUDENT_CANDIDATES)):
+        for _, sets in cands:  # every candidate parses (and has its data) before anything trains
+            cfg = load_config(preset_path(config), [*base, *sets])
+            if cfg.data.kind == "store" and not (cfg.data.val or cfg.data.val_fraction):
+                raise ConfigError("fit-recipe chooses on a validation split: give data.val (a store) or "
+                                  "data.val_fraction")  # fmt: skip
+    t0, longest, metric = time.perf_counter(), 0.0, "action_top1"
+    rows: list[dict[str, Any]] = []
+
+    def affordable(name: str, first: bool) -> bool:  # the first of each role always runs
+        left = budget_minutes * 60 - (time.perf_counter() - t0)
+        if not first and left < longest:
+            log.warning("fit-recipe: %s not tried: %.0f s of the budget left, the longest candidate took %.0f s",
+                        name, left, longest)  # fmt: skip
+            return False
+        return True
+
+    def evaluate(role: str, name: str, run: Path, sets: list[str], seconds: float) -> None:
+        nonlocal metric
+        res, tasks = run_evaluate({name: run}, seed=seed, repeats=repeats, split="val")
+        metric = main_metric(tasks)
+        s, full, mean = score(res["models"][name]["subsets"], metric)
+        rows.append({"role": role, "candidate": name, "overrides": sets, "score": s, "all_modalities": full,
+                     "subset_mean": mean, "seconds": seconds, "run": str(run)})  # fmt: skip
+        log.info("fit-recipe: %s %s: score %.1f (all %.1f, subsets %.1f) in %.0f s", role, name, s, full, mean, seconds)
+
+    for i, (name, sets) in enumerate(TEACHER_CANDIDATES):
+        if not affordable(f"teacher {name}", i == 0):
+            break
+        a = time.perf_counter()
+        run_train(load_config(preset_path(teacher_config), [*base, *sets]), out / "teacher" / name, progress=progress)
+        longest = max(longest, time.perf_counter() - a)
+        evaluate("teacher", name, out / "teacher" / name, sets, time.perf_counter() - a)
+    best_t = max((r for r in rows if r["role"] == "teacher"), key=lambda r: r["score"])
+    for i, (name, sets) in enumerate(STUDENT_CANDIDATES):
+        if not affordable(f"student {name}", i == 0):
+            break
+        a, run = time.perf_counter(), out / "student" / name
+        cfg = load_config(preset_path(student_config), [*base, *best_t["overrides"], *sets])
+        run_distill(cfg, best_t["run"], run, progress=progress)
+        longest = max(longest, time.perf_counter() - a)
+        evaluate("student", name, run, [*best_t["overrides"], *sets], time.perf_counter() - a)
+    students = [r for r in rows if r["role"] == "student"]
+    chosen = {"teacher": best_t, "student": max(students, key=lambda r: r["score"])}
+    for role, config in (("teacher", teacher_config), ("student", student_config)):
+        data = merged_yaml(config, [*(overrides or []), *chosen[role]["overrides"]])
+        head = f"# karmma fit-recipe's choice on the validation split: {role} {chosen[role]['candidate']}\n"
+        write_text_atomic(out / f"{role}.yaml", head + yaml.safe_dump(data, sort_keys=False))
+    md = format_recipe(rows, chosen, metric, time.perf_counter() - t0, budget_minutes)
+    report = {"metric": metric, "split": "val", "seed": seed, "budget_minutes": budget_minutes,
+              "seconds": time.perf_counter() - t0, "candidates": rows,
+              "chosen": {k: v["candidate"] for k, v in chosen.items()}}  # fmt: skip
+    write_text_atomic(out / "recipe.md", md + "\n")
+    write_json_atomic(out / "recipe.json", report)
+    return {**report, "markdown": md}
+
+
+def format_recipe(rows: list[dict], chosen: dict, metric: str, seconds: float, budget: float) -> str:
+    lines = [f"fit-recipe on the validation split ({metric}; score = mean of all modalities and of the mean over "
+             f"subsets), {seconds / 60:.1f} of {budget:g} minutes", "",
+             "| role | candidate | score | all modalities | mean over subsets | seconds | chosen |",
+             "|---|---|---:|---:|---:|---:|---|"]  # fmt: skip
+    for r in rows:
+        mark = "**yes**" if chosen.get(r["role"]) is r else ""
+        lines.append(f"| {r['role']} | {r['candidate']} | {r['score']:.1f} | {r['all_modalities']:.1f} | "
+                     f"{r['subset_mean']:.1f} | {r['seconds']:.0f} | {mark} |")  # fmt: skip
+    return "\n".join(lines)
