@@ -41,9 +41,8 @@ def one_segment(root: Path) -> Path:
 
 
 def epic_args(root: Path, out: Path, *more: str) -> list[str]:
-    return ["extract", "epic100", "--encoder", "pool",
-            "--root", str(root), "--annotations", str(one_segment(root)), "--out", str(out),
-            "--no-progress", *more]  # fmt: skip
+    return ["extract", "epic100", "--encoder", "pool", "--root", str(root), "--annotations", str(one_segment(root)),
+            "--out", str(out), "--no-progress", *more]  # fmt: skip
 
 
 def jpeg(shape=(16, 16, 3)) -> bytes:
@@ -147,19 +146,8 @@ def test_negative_or_reversed_frame_ranges_are_named_where_frames_are_picked(tmp
     # library) meets the same refusal where its frames are picked, never a silent clamp.
     ann = tmp_path / "ann" / "EPIC_100_train.csv"
     epic_csv(ann, [("P01_01_0", "P01_01", start, stop, 0, 0)])
-    rc, _, err = cli(
-        capsys,
-        "extract",
-        "epic100",
-        "--encoder",
-        "pool",
-        "--root",
-        tmp_path,
-        "--annotations",
-        ann,
-        "--out",
-        tmp_path / "s.h5",
-    )
+    argv = ["extract", "epic100", "--encoder", "pool", "--root", tmp_path, "--annotations", ann]
+    rc, _, err = cli(capsys, *argv, "--out", tmp_path / "s.h5")
     assert rc == 2 and "P01_01_0" in err and ("negative" in err or "start_frame" in err)
     with pytest.raises(DataError, match=words):
         sample_frames(start, stop, where="segment P01_01_0")
@@ -195,9 +183,8 @@ def extract_child(root: Path, out: Path, fault: str | None = None) -> subprocess
     env.pop("KARMMA_FAULT", None)
     if fault:
         env["KARMMA_FAULT"] = fault
-    argv = [sys.executable, "-m", "karmma", "-v", "extract", "utd_mhad", "--encoder", "pool",
-            "--root", str(root), "--out", str(out),
-            "--no-progress"]  # fmt: skip
+    argv = [sys.executable, "-m", "karmma", "-v", "extract", "utd_mhad", "--encoder", "pool", "--root", str(root),
+            "--out", str(out), "--no-progress"]  # fmt: skip
     return subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
 
 
@@ -278,9 +265,7 @@ def test_a_full_disk_stops_with_rc_2_keeps_only_written_samples_and_resumes(tmp_
 def test_a_read_only_out_is_refused_before_any_work(tmp_path, capsys):
     with small_disk(tmp_path / "ro", read_only=True) as ro:
         # the root does not even exist: --out is checked first, before any clip is listed or read
-        rc, _, err = cli(
-            capsys, "extract", "utd_mhad", "--encoder", "pool", "--root", tmp_path / "nowhere", "--out", ro / "s.h5"
-        )
+        rc, _, err = cli(capsys, "extract", "utd_mhad", "--root", tmp_path / "nowhere", "--out", ro / "s.h5")
         assert rc == 2 and f"{ro} is not writable" in err and "read-only" in err
         assert list(ro.iterdir()) == []
 
@@ -293,9 +278,7 @@ def test_a_full_out_is_refused_before_any_work_and_leaves_nothing(tmp_path, caps
                 f.write(b"\0" * (1 << 20))
             except OSError:
                 pass
-        rc, _, err = cli(
-            capsys, "extract", "utd_mhad", "--encoder", "pool", "--root", tmp_path / "nowhere", "--out", full / "s.h5"
-        )
+        rc, _, err = cli(capsys, "extract", "utd_mhad", "--root", tmp_path / "nowhere", "--out", full / "s.h5")
         assert rc == 2 and str(full) in err and "no space left" in err
         # room for the probe, not for the store's reserve: refused before the store is created
         (full / "filler").unlink()

@@ -112,24 +112,8 @@ def test_extract_writes_float16_stores(tmp_path):
     from tests.extractors.test_extract import make_utd  # a tiny UTD-MHAD tree
 
     root, out = make_utd(tmp_path / "utd"), tmp_path / "s.h5"
-    assert (
-        main(
-            [
-                "extract",
-                "utd_mhad",
-                "--encoder",
-                "pool",
-                "--root",
-                str(root),
-                "--out",
-                str(out),
-                "--dtype",
-                "float16",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    argv = ["extract", "utd_mhad", "--encoder", "pool", "--root", str(root), "--out", str(out), "--dtype", "float16"]
+    assert main([*argv, "--no-progress"]) == 0
     fs = open_store(out, in_memory=True)
     assert fs.features["inertial"].dtype == np.float16 and len(fs) == 3
 

@@ -56,19 +56,8 @@ def test_extract_epic_tree_through_the_cli(tree, tmp_path, capsys):
         ("P03_01_0", "P03_01", 1, 10, 3, 4),  # no media at all: not written, listed
     ])  # fmt: skip
     out = tmp_path / "train.h5"
-    argv = [
-        "extract",
-        "epic100",
-        "--encoder",
-        "pool",
-        "--root",
-        str(tree),
-        "--annotations",
-        str(ann),
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
+    argv = ["extract", "epic100", "--encoder", "pool", "--root", str(tree), "--annotations", str(ann), "--out",
+            str(out), "--no-progress"]  # fmt: skip
     assert main(argv) == 2  # flow from TV-L1 JPEGs and from the MP4 in one store: refused unless asked
     assert "--allow-mixed-flow" in capsys.readouterr().err
     argv.append("--allow-mixed-flow")
@@ -150,17 +139,8 @@ def test_corrupt_video_is_absent_with_its_reason_or_stops_with_its_name(tmp_path
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
     write_clip(tmp_path / "P05" / "videos" / "P05_02.MP4", clip_frames(60), 60, tone(1.0, 440.0))
     ann = epic_csv(tmp_path / "a.csv", [("P05_01_0", "P05_01", 1, 30, 0, 0), ("P05_02_0", "P05_02", 1, 30, 1, 1)])
-    argv = [
-        "extract",
-        "epic100",
-        "--encoder",
-        "pool",
-        "--root",
-        str(tmp_path),
-        "--annotations",
-        str(ann),
-        "--no-progress",
-    ]
+    argv = ["extract", "epic100", "--encoder", "pool", "--root", str(tmp_path), "--annotations", str(ann),
+            "--no-progress"]  # fmt: skip
     assert main([*argv, "--out", str(tmp_path / "s.h5")]) == 0
     summary = json.loads((tmp_path / "s.h5.summary.json").read_text())
     assert summary["not_written"] == ["P05_01_0"]
