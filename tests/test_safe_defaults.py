@@ -6,12 +6,14 @@ import json
 import logging
 
 import numpy as np
+import pytest
 
 from karmma.config import ExperimentConfig, load_config
 from karmma.data.store import write_store
 from karmma.data.synthetic import generate
 from karmma.engine.defaults import SAFE_LATE_FUSION
 from karmma.engine.runs import run_distill, run_train
+from karmma.errors import CheckpointError
 from karmma.evaluation.evaluate import evaluate_models
 from karmma.io.checkpoint import load_model
 from karmma.presets import preset_path
@@ -87,3 +89,16 @@ def test_the_shipped_dataset_presets_keep_the_paper_model():
         assert load_config(preset_path(name)).recipe == "paper", name
     for name in ("utd_mhad_teacher", "utd_mhad_student"):  # a recipe of their own: named add-ons
         assert "late_fusion" in load_config(preset_path(name)).model.addons
+
+
+def test_a_run_folder_of_karmma_0_2_resumes_as_it_was_trained(tmp_path):
+    cfg = tiny_experiment(epochs=2)  # recipe paper, as every config was before recipes
+    run_train(cfg, tmp_path / "r")
+    fp_path = tmp_path / "r" / "fingerprint.json"
+    fp = json.loads(fp_path.read_text())
+    del fp["config"]["recipe"]  # what karmma 0.2 recorded
+    fp_path.write_text(json.dumps(fp))
+    run_train(cfg, tmp_path / "r")  # resumes (finished: nothing to do), no refusal
+    safe = tiny_experiment(epochs=2, recipe="safe")  # would train another model: refused, naming why
+    with pytest.raises(CheckpointError, match="recipe.*--no-resume"):
+        run_train(safe, tmp_path / "r")

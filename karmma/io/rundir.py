@@ -143,6 +143,7 @@ def check_resume(run_dir: Path, new: dict[str, Any]) -> None:
         raise CheckpointError(f"{path} is corrupt ({e}); pass --no-resume to start over") from e
     # A run started by karmma 0.1 recorded augmentation and late fusion as model.* keys.
     a, b = _flatten(migrate_experiment(old.get("config", {}), str(path), warn=False)), _flatten(new["config"])
+    a.setdefault("recipe", "paper")  # karmma < 0.3 trained every config as written
     # A key the run's karmma version did not have yet is no change when it is at its default.
     a.update({k: v for k, v in _config_defaults().items() if k not in a and b.get(k) == v})
     changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUME_FREE_KEYS)
