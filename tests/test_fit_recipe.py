@@ -7,7 +7,14 @@ from karmma.cli.main import main
 from karmma.config import load_config
 from karmma.data.store import write_store
 from karmma.data.synthetic import generate
-from karmma.experiments.fit_recipe import STUDENT_CANDIDATES, TEACHER_CANDIDATES, run_fit_recipe
+from karmma.experiments.fit_recipe import (
+    STUDENT_CANDIDATES,
+    TEACHER_CANDIDATES,
+    combined,
+    data_candidates,
+    image_modalities,
+    run_fit_recipe,
+)
 from karmma.presets import preset_path
 from tests.conftest import TINY_SYNTH
 
@@ -26,7 +33,10 @@ def test_every_candidate_within_the_budget_and_the_chosen_configs_load(tmp_path,
     assert main([*argv, *(a for s in sets for a in ("--set", s))]) == 0
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "r" / "recipe.json").read_text())
-    assert [r["candidate"] for r in report["candidates"]] == [n for n, _ in TEACHER_CANDIDATES + STUDENT_CANDIDATES]
+    rows = report["candidates"]
+    both = combined([r for r in rows if r["role"] == "teacher" and r["candidate"] != "combined"])
+    tried = [n for n, _ in TEACHER_CANDIDATES] + ["combined"] * (both is not None) + [n for n, _ in STUDENT_CANDIDATES]
+    assert [r["candidate"] for r in rows] == tried
     assert report["split"] == "val" and "mean over subsets" in out and "**yes**" in out
     best = max((r for r in report["candidates"] if r["role"] == "teacher"), key=lambda r: r["score"])
     assert report["chosen"]["teacher"] == best["candidate"]
@@ -49,3 +59,21 @@ def test_it_refuses_a_run_without_a_validation_split(tmp_path, capsys):
     sets = _stores(tmp_path)[:1] + ["data.val=null"]
     assert main(["fit-recipe", "--out", str(tmp_path / "r"), *(a for s in sets for a in ("--set", s))]) == 2
     assert "validation split" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_image_tokens_get_the_cnn_candidate_decided_from_the_store(tmp_path):
+    sets = {"teacher": [{"name": "depth", "num_tokens": 3, "dim": 3 * 32 * 32}, {"name": "imu", "num_tokens": 8,
+            "dim": 3 * 16 * 16}, {"name": "small", "num_tokens": 1, "dim": 3 * 8 * 8}]}  # fmt: skip
+    meta = {"feature_sets": sets, "extra": {"clip_tokens": ["depth", "small"]}}
+    assert image_modalities(meta) == ["depth"]  # imu: time-span tokens; small: under 16 x 16
+    assert image_modalities({"feature_sets": sets}) == []  # a store that records no whole-clip tokens
+    _stores(tmp_path)  # the synthetic store: sequences only, the fixed candidates
+    assert data_candidates(tmp_path / "train.h5") == TEACHER_CANDIDATES
+
+
+def test_combined_takes_every_candidate_that_beat_base_the_best_value_last():
+    row = lambda name, s, sets: {"candidate": name, "score": s, "overrides": sets}  # noqa: E731
+    rows = [row("base", 50, []), row("paper", 49, ["recipe=paper"]), row("small", 52, ["model.dim=64", "x=1"]),
+            row("deep", 55, ["model.dim=256", "model.depth=3"])]  # fmt: skip
+    assert combined(rows) == ["x=1", "model.dim=256", "model.depth=3"]
+    assert combined(rows[:3]) is None  # one better than base: nothing to combine

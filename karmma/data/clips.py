@@ -144,12 +144,11 @@ def _frames_raw(raw: Raw, frames: np.ndarray, modalities: tuple[str, ...], undec
 
 def epic_clip(path: Path, modalities: tuple[str, ...], prep: dict | None = None) -> Raw:
     """EPIC-100's raw modalities of a clip: rgb and flow from its frames, audio as 128-band log-mel."""
-    from karmma.data.media.audio_stream import log_mel_framing
-    from karmma.data.media.decode import MEL_HOP_S, MEL_NFFT, MEL_WINDOW_S, decode_clip
+    from karmma.data.media.decode import decode_clip
 
-    mel = log_mel_framing(AUDIO_RATE, MEL_BANDS, MEL_WINDOW_S, MEL_HOP_S, MEL_NFFT)
+    mel = audio_framing(preprocessing("epic100")["audio"]) if "audio" in modalities else None
     video = "rgb" in modalities or "flow" in modalities
-    clip = decode_clip(path, FRAME_SIZE, 2 * NUM_FRAMES, mel if "audio" in modalities else None, video)
+    clip = decode_clip(path, FRAME_SIZE, 2 * NUM_FRAMES, mel, video)
     return clip_modalities(clip, modalities, lambda frames, bad: clip_raw(frames, None, modalities, bad))
 
 

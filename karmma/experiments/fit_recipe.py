@@ -6,11 +6,16 @@ Candidates, tried in this order (the most likely first, so that a short budget s
 
 teacher (each on top of the teacher config, ``recipe: safe`` unless it says otherwise)
     ``base``         the config as given;
+    ``image_cnn``    only for a store with image tokens (each token a whole-clip 3 x S x S image,
+                     S >= 16, e.g. depth motion maps): those modalities through a small CNN trained
+                     from scratch (``motion_map_cnn``) rather than a temporal encoder of flat vectors;
     ``paper``        ``recipe=paper``: the paper's plain model, no late fusion;
     ``regularised``  fusion dropout 0.3, weight decay 0.1, input noise 0.1, time warp 0.2;
     ``dropout_0.6``  modality dropout p 0.6 (more training on lone sensors);
     ``small``        fusion width 64, one encoder layer;
     ``deep``         three encoder layers, fusion depth 3;
+    ``combined``     every candidate above that beat ``base``, together (the better one's value where
+                     two set the same key); tried only when two or more beat it;
 student (on top of the student config with the chosen teacher's settings, distilled from it)
     ``alpha0.5_T4``, ``alpha0.3_T4``, ``alpha0.7_T2``: the distillation weight and temperature.
 
@@ -33,6 +38,7 @@ import numpy as np
 import yaml
 
 from karmma.config import load_config, load_yaml
+from karmma.data.store import store_info
 from karmma.engine.runs import run_distill, run_evaluate, run_train
 from karmma.errors import ConfigError
 from karmma.evaluation.evaluate import main_metric
@@ -57,6 +63,43 @@ STUDENT_CANDIDATES: list[tuple[str, list[str]]] = [
     ("alpha0.3_T4", ["distill.alpha=0.3", "distill.temperature=4.0"]),
     ("alpha0.7_T2", ["distill.alpha=0.7", "distill.temperature=2.0"]),
 ]
+
+
+def image_modalities(meta: dict, feature_set: str = "teacher") -> list[str]:
+    """The store's modalities whose every token is a whole-clip 3 x S x S image (S >= 16): what
+    ``motion_map_cnn`` reads. Decided from the store's own record, not from its name."""
+    whole = set((meta.get("extra") or {}).get("clip_tokens") or ())
+    found = []
+    for spec in (meta.get("feature_sets") or {}).get(feature_set, []):
+        side = int(round((int(spec["dim"]) / 3) ** 0.5))
+        if spec["name"] in whole and 3 * side * side == int(spec["dim"]) and side >= 16:
+            found.append(spec["name"])
+    return found
+
+
+def data_candidates(train_store: str | Path | None) -> list[tuple[str, list[str]]]:
+    """The teacher candidates for this store: ``image_cnn`` after ``base`` when it has image tokens."""
+    images = image_modalities(store_info(train_store)) if train_store else []
+    if not images:
+        return list(TEACHER_CANDIDATES)
+    return [TEACHER_CANDIDATES[0], ("image_cnn", [f"model.encoders.{m}=motion_map_cnn" for m in images]),
+            *TEACHER_CANDIDATES[1:]]  # fmt: skip
+
+
+def combined(rows: list[dict]) -> list[str] | None:
+    """The overrides of every teacher candidate that beat ``base``, applied from the least to the
+    most useful (the best one's value wins a shared key); None unless two or more beat it."""
+    base = next(r for r in rows if r["candidate"] == "base")
+    better = sorted((r for r in rows if r["score"] > base["score"] and r["overrides"]), key=lambda r: r["score"])
+    if len(better) < 2:
+        return None
+    sets: dict[str, str] = {}
+    for r in better:
+        for item in r["overrides"]:
+            key = item.split("=", 1)[0]
+            sets.pop(key, None)
+            sets[key] = item
+    return list(sets.values())
 
 
 def score(subsets: dict, metric: str) -> tuple[float, float, float]:
@@ -93,7 +136,9 @@ def run_fit_recipe(
     if not budget_minutes > 0:
         raise ConfigError(f"--budget-minutes {budget_minutes}: give a positive number of minutes")
     out, base = Path(out), [*(overrides or []), f"seed={seed}"]
-    for config, cands in ((teacher_config, TEACHER_CANDIDATES), (student_config, STUDENT_CANDIDATES)):
+    given = load_config(preset_path(teacher_config), base).data
+    teacher_cands = data_candidates(given.train if given.kind == "store" else None)
+    for config, cands in ((teacher_config, teacher_cands), (student_config, STUDENT_CANDIDATES)):
         for _, sets in cands:  # every candidate parses (and has its data) before anything trains
             cfg = load_config(preset_path(config), [*base, *sets])
             if cfg.data.kind == "store" and not (cfg.data.val or cfg.data.val_fraction):
@@ -119,13 +164,20 @@ def run_fit_recipe(
                      "subset_mean": mean, "seconds": seconds, "run": str(run)})  # fmt: skip
         log.info("fit-recipe: %s %s: score %.1f (all %.1f, subsets %.1f) in %.0f s", role, name, s, full, mean, seconds)
 
-    for i, (name, sets) in enumerate(TEACHER_CANDIDATES):
-        if not affordable(f"teacher {name}", i == 0):
-            break
+    def train(name: str, sets: list[str]) -> None:
+        nonlocal longest
         a = time.perf_counter()
         run_train(load_config(preset_path(teacher_config), [*base, *sets]), out / "teacher" / name, progress=progress)
         longest = max(longest, time.perf_counter() - a)
         evaluate("teacher", name, out / "teacher" / name, sets, time.perf_counter() - a)
+
+    for i, (name, sets) in enumerate(teacher_cands):
+        if not affordable(f"teacher {name}", i == 0):
+            break
+        train(name, sets)
+    both = combined(rows)
+    if both is not None and affordable("teacher combined", False):
+        train("combined", both)
     best_t = max((r for r in rows if r["role"] == "teacher"), key=lambda r: r["score"])
     for i, (name, sets) in enumerate(STUDENT_CANDIDATES):
         if not affordable(f"student {name}", i == 0):
