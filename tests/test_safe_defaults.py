@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 
 from karmma.config import ExperimentConfig, load_config
-from karmma.data.store import write_store
+from karmma.data.dataset import FeatureSet
+from karmma.data.store import open_store, write_store
 from karmma.data.synthetic import generate
 from karmma.engine.defaults import SAFE_LATE_FUSION
 from karmma.engine.runs import run_distill, run_train
 from karmma.errors import CheckpointError
 from karmma.evaluation.evaluate import evaluate_models
 from karmma.io.checkpoint import load_model
+from karmma.modalities import ModalitySpec
 from karmma.presets import preset_path
 from tests.conftest import TINY_SYNTH, tiny_experiment
 
@@ -102,3 +104,36 @@ def test_a_run_folder_of_karmma_0_2_resumes_as_it_was_trained(tmp_path):
     safe = tiny_experiment(epochs=2, recipe="safe")  # would train another model: refused, naming why
     with pytest.raises(CheckpointError, match="recipe.*--no-resume"):
         run_train(safe, tmp_path / "r")
+
+
+def _one_sensor_and_two_noises(path, n, rng, protos):
+    """A store of one informative sensor and two of pure noise (wider, so easier to memorise)."""
+    y = rng.integers(0, len(protos), n)
+    feats = {"signal": protos[y] * 0.6 + rng.normal(size=(n, 8, 16)), "noise_a": rng.normal(size=(n, 8, 64)),
+             "noise_b": rng.normal(size=(n, 8, 64))}  # fmt: skip
+    specs = [ModalitySpec(m, 8, f.shape[-1]) for m, f in feats.items()]
+    fs = FeatureSet(specs, {m: f.astype(np.float32) for m, f in feats.items()}, np.ones((n, 3), bool),
+                    {"action": y}, [f"{path.stem}_{i}" for i in range(n)], {"action": len(protos)})  # fmt: skip
+    write_store(path, {"teacher": fs, "student": fs})
+
+
+@pytest.mark.slow
+def test_with_every_sensor_the_safe_default_is_not_below_its_best_sensor(tmp_path):
+    """The failure #29 reported, reproduced: on few clips the paper's fusion memorises the noise
+    sensors and all three together score far below the one that carries the class; the generic
+    preset with the safe default does not (validation split, as the late-fusion weights are fitted)."""
+    rng = np.random.default_rng(0)
+    protos = rng.normal(size=(4, 8, 16))
+    _one_sensor_and_two_noises(tmp_path / "train.h5", 64, rng, protos)
+    _one_sensor_and_two_noises(tmp_path / "val.h5", 200, rng, protos)
+    acc = {}
+    for recipe in ("safe", "paper"):
+        sets = [f"data.train={tmp_path / 'train.h5'}", f"data.val={tmp_path / 'val.h5'}", "optim.epochs=12",
+                f"recipe={recipe}"]  # fmt: skip
+        run_train(load_config(preset_path("teacher"), sets), tmp_path / recipe)
+        model = load_model(tmp_path / recipe)[0].eval()
+        res = evaluate_models({"m": model}, {"m": open_store(tmp_path / "val.h5")}, repeats=1, rates=(0.0,))
+        acc[recipe] = {k: v["action_top1"] for k, v in res["models"]["m"]["subsets"].items()}
+    full = "signal+noise_a+noise_b"
+    assert acc["paper"][full] < acc["paper"]["signal"] - 5  # the failure (measured: 65.0 against 75.5)
+    assert acc["safe"][full] >= max(v for k, v in acc["safe"].items() if "+" not in k) - 0.5  # 85.0, 85.0
