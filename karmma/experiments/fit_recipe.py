@@ -42,6 +42,7 @@ from karmma.data.store import store_info
 from karmma.engine.runs import run_distill, run_evaluate, run_train
 from karmma.errors import ConfigError
 from karmma.evaluation.evaluate import main_metric
+from karmma.models.motion_maps import image_side
 from karmma.outputs import write_json_atomic, write_text_atomic
 from karmma.presets import preset_path
 
@@ -69,12 +70,8 @@ def image_modalities(meta: dict, feature_set: str = "teacher") -> list[str]:
     """The store's modalities whose every token is a whole-clip 3 x S x S image (S >= 16): what
     ``motion_map_cnn`` reads. Decided from the store's own record, not from its name."""
     whole = set((meta.get("extra") or {}).get("clip_tokens") or ())
-    found = []
-    for spec in (meta.get("feature_sets") or {}).get(feature_set, []):
-        side = int(round((int(spec["dim"]) / 3) ** 0.5))
-        if spec["name"] in whole and 3 * side * side == int(spec["dim"]) and side >= 16:
-            found.append(spec["name"])
-    return found
+    specs = (meta.get("feature_sets") or {}).get(feature_set, [])
+    return [s["name"] for s in specs if s["name"] in whole and image_side(int(s["dim"])) is not None]
 
 
 def data_candidates(train_store: str | Path | None) -> list[tuple[str, list[str]]]:

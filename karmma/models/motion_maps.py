@@ -27,6 +27,13 @@ from karmma.models.encoders import ENCODERS, ModalityEncoder
 SCALE, SHIFT = 0.15, 0.1  # paper-unknown defaults (beyond the paper): train-time affine jitter
 
 
+def image_side(dim: int, channels: int = 3) -> int | None:
+    """The side S when tokens of ``dim`` values are ``channels`` x S x S images with S >= 16 (what
+    this encoder reads), else None."""
+    side = int(round((dim / channels) ** 0.5))
+    return side if channels * side * side == dim and side >= 16 else None
+
+
 @ENCODERS.register("motion_map_cnn")
 class MotionMapCNN(ModalityEncoder):
     standardize_inputs = False  # images in [0, 1]
@@ -35,8 +42,8 @@ class MotionMapCNN(ModalityEncoder):
 
     def __init__(self, spec: ModalitySpec, width: int = 16, channels: int = 3) -> None:
         super().__init__()
-        side = int(round((spec.dim / channels) ** 0.5))
-        if channels * side * side != spec.dim or side < 16:
+        side = image_side(spec.dim, channels)
+        if side is None:
             raise ConfigError(
                 f"modality {spec.name!r}: tokens of {spec.dim} values are not {channels} x S x S images with "
                 "S >= 16; the motion_map_cnn encoder reads depth motion maps (extract with --encoder efficientnet)"
