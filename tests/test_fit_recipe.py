@@ -1,12 +1,17 @@
 """``karmma fit-recipe``: candidates tried on the validation split within a budget; the chosen
 configs written as YAML that loads back to exactly the chosen runs' configs."""
 
+import dataclasses
 import json
+
+import numpy as np
+import pytest
 
 from karmma.cli.main import main
 from karmma.config import load_config
 from karmma.data.store import write_store
 from karmma.data.synthetic import generate
+from karmma.experiments import fit_recipe
 from karmma.experiments.fit_recipe import (
     STUDENT_CANDIDATES,
     TEACHER_CANDIDATES,
@@ -15,6 +20,7 @@ from karmma.experiments.fit_recipe import (
     image_modalities,
     run_fit_recipe,
 )
+from karmma.modalities import ModalitySpec
 from karmma.presets import preset_path
 from tests.conftest import TINY_SYNTH
 
@@ -77,3 +83,42 @@ def test_combined_takes_every_candidate_that_beat_base_the_best_value_last():
             row("deep", 55, ["model.dim=256", "model.depth=3"])]  # fmt: skip
     assert combined(rows) == ["x=1", "model.dim=256", "model.depth=3"]
     assert combined(rows[:3]) is None  # one better than base: nothing to combine
+
+
+def _image_stores(tmp_path):
+    """The tiny synthetic stores with rgb replaced by one whole-clip 3 x 16 x 16 image per clip."""
+    data, rng = generate(TINY_SYNTH), np.random.default_rng(0)
+    for split in ("train", "val"):
+        sets = {}
+        for fs in ("teacher", "student"):
+            d = data[split][fs]
+            specs = [ModalitySpec("rgb", 1, 3 * 16 * 16) if s.name == "rgb" else s for s in d.specs]
+            image = rng.standard_normal((len(d), 1, 3 * 16 * 16)).astype(np.float32)
+            features = {**d.features, "rgb": image * d.present[:, :1, None]}
+            sets[fs] = dataclasses.replace(d, specs=specs, features=features, clip_tokens=("rgb",), checksums=None)
+        write_store(tmp_path / f"{split}.h5", sets)
+    return [f"data.train={tmp_path / 'train.h5'}", f"data.val={tmp_path / 'val.h5'}", "optim.epochs=1",
+            "optim.batch_size=32"]  # fmt: skip
+
+
+@pytest.mark.parametrize("kept", [True, False])
+def test_the_image_cnn_is_judged_on_its_modality_alone_and_what_follows_builds_on_it(tmp_path, monkeypatch, kept):
+    sets = _image_stores(tmp_path)
+    monkeypatch.setattr(fit_recipe, "TEACHER_CANDIDATES", [*TEACHER_CANDIDATES[:2], ("small", ["model.dim=64"])])
+    monkeypatch.setattr(fit_recipe, "STUDENT_CANDIDATES", STUDENT_CANDIDATES[:1])
+    alone = iter([50.0, 60.0 if kept else 40.0, 45.0, 45.0, 45.0])  # base, image_cnn, then the rest
+    monkeypatch.setattr(fit_recipe, "alone", lambda *a: next(alone))
+    report = run_fit_recipe(out=tmp_path / "r", overrides=sets, budget_minutes=30)
+    cnn = ["model.encoders.rgb=motion_map_cnn"]
+    rows = {r["candidate"]: r for r in report["candidates"] if r["role"] == "teacher"}
+    assert list(rows)[:4] == ["base", "image_cnn", "paper", "small"]
+    assert rows["image_cnn"]["overrides"] == cnn and rows["image_cnn"]["kept"] is kept
+    assert rows["paper"]["overrides"] == ([*cnn, "recipe=paper"] if kept else ["recipe=paper"])
+    assert report["reference"] == ("image_cnn" if kept else "base")
+    chosen = rows[report["chosen"]["teacher"]]
+    if kept:  # base is out of the choice, and the student is distilled with the CNN too
+        assert chosen["candidate"] != "base" and set(cnn) <= set(chosen["overrides"])
+        assert load_config(tmp_path / "r" / "student.yaml").model.encoders["rgb"] == "motion_map_cnn"
+    else:
+        assert chosen["score"] == max(r["score"] for r in rows.values())
+    assert "judged on the image modalities alone" in (tmp_path / "r" / "recipe.md").read_text()
