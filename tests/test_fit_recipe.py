@@ -121,4 +121,5 @@ def test_the_image_cnn_is_judged_on_its_modality_alone_and_what_follows_builds_o
         assert load_config(tmp_path / "r" / "student.yaml").model.encoders["rgb"] == "motion_map_cnn"
     else:
         assert chosen["score"] == max(r["score"] for r in rows.values())
-    assert "judged on the image modalities alone" in (tmp_path / "r" / "recipe.md").read_text()
+    md = (tmp_path / "r" / "recipe.md").read_text()
+    assert "judged on the image modalities alone" in md and ("| small + image_cnn |" in md) is kept

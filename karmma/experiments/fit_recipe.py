@@ -242,9 +242,12 @@ def format_recipe(rows: list[dict], chosen: dict, metric: str, seconds: float, b
              f"subsets), {seconds / 60:.1f} of {budget:g} minutes", "",
              "| role | candidate | score | all modalities | mean over subsets | seconds | chosen |",
              "|---|---|---:|---:|---:|---:|---|"]  # fmt: skip
+    cnn = next((set(r["overrides"]) for r in rows if r["candidate"] == "image_cnn" and r["kept"]), None)
     for r in rows:
         mark = "**yes**" if chosen.get(r["role"]) is r else ""
-        lines.append(f"| {r['role']} | {r['candidate']} | {r['score']:.1f} | {r['all_modalities']:.1f} | "
+        on = " + image_cnn" if cnn and r["role"] == "teacher" and r["candidate"] != "image_cnn" and cnn <= set(
+            r["overrides"]) else ""  # fmt: skip
+        lines.append(f"| {r['role']} | {r['candidate']}{on} | {r['score']:.1f} | {r['all_modalities']:.1f} | "
                      f"{r['subset_mean']:.1f} | {r['seconds']:.0f} | {mark} |")  # fmt: skip
     base = next((r for r in rows if r["candidate"] == "base"), None)
     for r in rows:
