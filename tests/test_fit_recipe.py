@@ -55,10 +55,17 @@ def test_every_candidate_within_the_budget_and_the_chosen_configs_load(tmp_path,
     assert again["chosen"] == report["chosen"]
 
 
-def test_a_short_budget_tries_the_first_of_each_role_only(tmp_path):
+def test_a_short_budget_tries_the_first_of_each_role_only(tmp_path, capsys):
     report = run_fit_recipe(out=tmp_path / "r", overrides=_stores(tmp_path), budget_minutes=1e-4)
     assert [r["candidate"] for r in report["candidates"]] == ["base", "alpha0.5_T4"]
     assert (tmp_path / "r" / "teacher.yaml").is_file() and (tmp_path / "r" / "student.yaml").is_file()
+    # the same folder with other settings: refused, in fit-recipe's terms, and nothing overwritten
+    sets = [*_stores(tmp_path), "model.dropout=0.1"]
+    argv = ["fit-recipe", "--out", str(tmp_path / "r"), "--budget-minutes", "1e-4", "--no-progress"]
+    before = (tmp_path / "r" / "teacher.yaml").read_text()
+    assert main([*argv, *(a for s in sets for a in ("--set", s))]) == 2
+    assert "give fit-recipe another --out" in capsys.readouterr().err
+    assert (tmp_path / "r" / "teacher.yaml").read_text() == before
 
 
 def test_it_refuses_a_run_without_a_validation_split(tmp_path, capsys):

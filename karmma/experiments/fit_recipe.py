@@ -38,6 +38,8 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +49,7 @@ import yaml
 from karmma.config import load_config, load_yaml
 from karmma.data.store import store_info
 from karmma.engine.runs import run_distill, run_evaluate, run_train
-from karmma.errors import ConfigError
+from karmma.errors import CheckpointError, ConfigError
 from karmma.evaluation.evaluate import main_metric
 from karmma.modalities import subset_name
 from karmma.models.motion_maps import image_side
@@ -126,6 +128,18 @@ def score(subsets: dict, metric: str) -> tuple[float, float, float]:
     return (full + mean) / 2.0, full, mean
 
 
+@contextmanager
+def other_out(out: Path) -> Iterator[None]:
+    """A candidate's run folder that holds another run (other ``--set`` values, or a karmma whose
+    rule built the candidate otherwise): say so in fit-recipe's terms."""
+    try:
+        yield
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}. fit-recipe resumes the candidates in {out}, and this one was tried there with "
+                              "other settings (other --set values or an earlier karmma): give fit-recipe another "
+                              "--out") from e  # fmt: skip
+
+
 def merged_yaml(config: str | Path, overrides: list[str]) -> dict[str, Any]:
     """The config file's keys with ``overrides`` applied, as :func:`karmma.config.load_config` applies them."""
     data = copy.deepcopy(load_yaml(preset_path(config)))
@@ -189,7 +203,9 @@ def run_fit_recipe(
     def train(name: str, sets: list[str]) -> None:
         nonlocal longest
         a = time.perf_counter()
-        run_train(load_config(preset_path(teacher_config), [*base, *sets]), out / "teacher" / name, progress=progress)
+        with other_out(out):
+            run_train(load_config(preset_path(teacher_config), [*base, *sets]), out / "teacher" / name,
+                      progress=progress)  # fmt: skip
         longest = max(longest, time.perf_counter() - a)
         evaluate("teacher", name, out / "teacher" / name, sets, time.perf_counter() - a)
 
@@ -219,7 +235,8 @@ def run_fit_recipe(
             break
         a, run = time.perf_counter(), out / "student" / name
         cfg = load_config(preset_path(student_config), [*base, *best_t["overrides"], *sets])
-        run_distill(cfg, best_t["run"], run, progress=progress)
+        with other_out(out):
+            run_distill(cfg, best_t["run"], run, progress=progress)
         longest = max(longest, time.perf_counter() - a)
         evaluate("student", name, run, [*best_t["overrides"], *sets], time.perf_counter() - a)
     students = [r for r in rows if r["role"] == "student"]
