@@ -29,7 +29,7 @@ def _stores(tmp_path):
     data = generate(TINY_SYNTH)
     for split in ("train", "val"):
         write_store(tmp_path / f"{split}.h5", {fs: data[split][fs] for fs in ("teacher", "student")})
-    return [f"data.train={tmp_path / 'train.h5'}", f"data.val={tmp_path / 'val.h5'}", "optim.epochs=2",
+    return [f"data.train={tmp_path / 'train.h5'}", f"data.val={tmp_path / 'val.h5'}", "optim.epochs=1",
             "optim.batch_size=32"]  # fmt: skip
 
 
