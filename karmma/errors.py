@@ -17,6 +17,10 @@ class CheckpointError(KarmmaError, ValueError):
     """A checkpoint is missing, corrupt, or of another architecture."""
 
 
+class RunMismatchError(CheckpointError):
+    """A run folder holds a run started with another config or data: resuming would mix the two."""
+
+
 class Interrupted(KarmmaError):
     """The user stopped a run (Ctrl-C); the message says where and how to resume."""
 

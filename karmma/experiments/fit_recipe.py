@@ -49,7 +49,7 @@ import yaml
 from karmma.config import load_config, load_yaml
 from karmma.data.store import store_info
 from karmma.engine.runs import run_distill, run_evaluate, run_train
-from karmma.errors import CheckpointError, ConfigError
+from karmma.errors import ConfigError, RunMismatchError
 from karmma.evaluation.evaluate import main_metric
 from karmma.modalities import subset_name
 from karmma.models.motion_maps import image_side
@@ -86,7 +86,11 @@ def image_modalities(meta: dict, feature_set: str = "teacher") -> list[str]:
 
 def data_candidates(train_store: str | Path | None) -> list[tuple[str, list[str]]]:
     """The teacher candidates for this store: ``image_cnn`` after ``base`` when it has image tokens."""
-    images = image_modalities(store_info(train_store)) if train_store else []
+    return candidates_for(image_modalities(store_info(train_store)) if train_store else [])
+
+
+def candidates_for(images: list[str]) -> list[tuple[str, list[str]]]:
+    """The teacher candidates, with ``image_cnn`` for the modalities ``images`` where there are any."""
     if not images:
         return list(TEACHER_CANDIDATES)
     return [TEACHER_CANDIDATES[0], ("image_cnn", [f"model.encoders.{m}=motion_map_cnn" for m in images]),
@@ -116,11 +120,6 @@ def combined(rows: list[dict], reference: str = "base") -> list[str] | None:
     return list(sets.values())
 
 
-def reference_sets(row: dict | None) -> list[str]:
-    """What every later teacher candidate is tried on top of: ``image_cnn``'s overrides where kept."""
-    return list(row["overrides"]) if row is not None and row["candidate"] == "image_cnn" else []
-
-
 def score(subsets: dict, metric: str) -> tuple[float, float, float]:
     """(score, all-modality accuracy, mean over subsets) of one model's per-subset results."""
     values = [v[metric] for v in subsets.values()]
@@ -134,8 +133,8 @@ def other_out(out: Path) -> Iterator[None]:
     rule built the candidate otherwise): say so in fit-recipe's terms."""
     try:
         yield
-    except CheckpointError as e:
-        raise CheckpointError(f"{e}. fit-recipe resumes the candidates in {out}, and this one was tried there with "
+    except RunMismatchError as e:
+        raise RunMismatchError(f"{e}. fit-recipe resumes the candidates in {out}, and this one was tried there with "
                               "other settings (other --set values or an earlier karmma): give fit-recipe another "
                               "--out") from e  # fmt: skip
 
@@ -169,8 +168,8 @@ def run_fit_recipe(
     out, base = Path(out), [*(overrides or []), f"seed={seed}"]
     given = load_config(preset_path(teacher_config), base).data
     train_store = given.train if given.kind == "store" else None
-    teacher_cands = data_candidates(train_store)
     images = image_modalities(store_info(train_store)) if train_store else []
+    teacher_cands = candidates_for(images)
     for config, cands in ((teacher_config, teacher_cands), (student_config, STUDENT_CANDIDATES)):
         for _, sets in cands:  # every candidate parses (and has its data) before anything trains
             cfg = load_config(preset_path(config), [*base, *sets])
@@ -209,11 +208,11 @@ def run_fit_recipe(
         longest = max(longest, time.perf_counter() - a)
         evaluate("teacher", name, out / "teacher" / name, sets, time.perf_counter() - a)
 
-    reference: dict[str, Any] | None = None  # the row every later candidate builds on
+    reference: dict[str, Any] | None = None  # the row every later candidate builds on: base, or image_cnn if kept
     for i, (name, sets) in enumerate(teacher_cands):
         if not affordable(f"teacher {name}", i == 0):
             break
-        train(name, sets if name in ("base", "image_cnn") else [*reference_sets(reference), *sets])
+        train(name, [*(reference["overrides"] if reference else []), *sets])  # base's overrides are none
         if name == "base":
             reference = rows[-1]
         elif name == "image_cnn":
@@ -224,7 +223,7 @@ def run_fit_recipe(
             rows[-1]["kept"] = kept
             reference = rows[-1] if kept else reference
     assert reference is not None
-    eligible = [r for r in rows if set(reference_sets(reference)) <= set(r["overrides"])]
+    eligible = [r for r in rows if set(reference["overrides"]) <= set(r["overrides"])]
     both = combined(eligible, reference["candidate"])
     if both is not None and affordable("teacher combined", False):
         train("combined", both)

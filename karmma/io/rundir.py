@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from karmma.config_migration import migrate_experiment
-from karmma.errors import CheckpointError
+from karmma.errors import CheckpointError, RunMismatchError
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def check_resume(run_dir: Path, new: dict[str, Any]) -> None:
         reasons.append(", ".join(extra_changed))
     reasons = [r for r in reasons if r]
     if reasons:
-        raise CheckpointError(
+        raise RunMismatchError(
             f"{run_dir} holds a run started with other {'; '.join(reasons)}; resuming would mix the two. "
             "Pass --no-resume to start over in this folder, or use another --run-dir"
         )
