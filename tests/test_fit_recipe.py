@@ -13,8 +13,10 @@ from karmma.data.store import write_store
 from karmma.data.synthetic import generate
 from karmma.experiments import fit_recipe
 from karmma.experiments.fit_recipe import (
+    CACHE,
     STUDENT_CANDIDATES,
     TEACHER_CANDIDATES,
+    cache_sets,
     combined,
     data_candidates,
     image_modalities,
@@ -50,9 +52,22 @@ def test_every_candidate_within_the_budget_and_the_chosen_configs_load(tmp_path,
         row = next(r for r in report["candidates"] if r["role"] == role and r["candidate"] == report["chosen"][role])
         written = load_config(tmp_path / "r" / f"{role}.yaml")
         assert written == load_config(preset_path(config), [*sets, *row["overrides"]])
+    # the students ran with the teacher-logit cache (a speed setting: the store's cache fits in memory)
+    assert all(CACHE in r["overrides"] for r in rows if r["role"] == "student")
+    assert load_config(tmp_path / "r" / "student.yaml").distill.cache_teacher_logits and CACHE in out
     # a second call resumes every run: nothing is trained again, the same choice
     again = run_fit_recipe(out=tmp_path / "r", overrides=sets, budget_minutes=30)
     assert again["chosen"] == report["chosen"]
+
+
+def test_the_students_cache_the_teachers_logits_only_where_the_exact_cache_fits_in_memory():
+    info = {"num_samples": 1000, "modalities": ["a", "b", "c"], "tasks": {"action": 100}}  # 2.8 MB dense
+    student = load_config(preset_path("student"))
+    assert not student.distill.cache_teacher_logits and cache_sets(student, info) == [CACHE]
+    assert cache_sets(student, None) == []  # not a store: nothing known of its size
+    small = dataclasses.replace(student, distill=dataclasses.replace(student.distill, cache_memory_mb=1))
+    assert cache_sets(small, info) == []  # it would go to disk, as float16
+    assert cache_sets(load_config(preset_path("student"), ["distill.cache_teacher_logits=true"]), info) == []
 
 
 def test_a_short_budget_tries_the_first_of_each_role_only(tmp_path, capsys):
