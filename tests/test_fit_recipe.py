@@ -145,3 +145,30 @@ def test_the_image_cnn_is_judged_on_its_modality_alone_and_what_follows_builds_o
         assert chosen["score"] == max(r["score"] for r in rows.values())
     md = (tmp_path / "r" / "recipe.md").read_text()
     assert "judged on the image modalities alone" in md and ("| small + image_cnn |" in md) is kept
+
+
+def test_each_role_is_budgeted_by_its_own_longest_candidate(tmp_path, monkeypatch):
+    """Teachers of 600 s do not keep out students of 100 s: 30 minutes hold two teachers and all
+    three students (with the longest candidate of either role as the estimate, one student)."""
+    from types import SimpleNamespace
+
+    clock = [0.0]
+
+    def spend(seconds):
+        def run(*args, **kwargs):
+            clock[0] += seconds
+
+        return run
+
+    def evaluate(runs, **kwargs):
+        subsets = {"rgb": {"action_top1": 50.0}, "rgb+audio": {"action_top1": 60.0}}
+        return {"models": {name: {"subsets": subsets} for name in runs}}, ["action"]
+
+    monkeypatch.setattr(fit_recipe, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(fit_recipe, "TEACHER_CANDIDATES", TEACHER_CANDIDATES[:2])
+    monkeypatch.setattr(fit_recipe, "run_train", spend(600.0))
+    monkeypatch.setattr(fit_recipe, "run_distill", spend(100.0))
+    monkeypatch.setattr(fit_recipe, "run_evaluate", evaluate)
+    report = run_fit_recipe(out=tmp_path / "r", overrides=_stores(tmp_path), budget_minutes=30)
+    assert [r["candidate"] for r in report["candidates"]] == ["base", "paper", *(n for n, _ in STUDENT_CANDIDATES)]
+    assert report["seconds"] == 1500.0
