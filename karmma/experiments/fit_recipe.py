@@ -114,7 +114,7 @@ def cache_sets(student: ExperimentConfig, info: dict | None) -> list[str]:
     if info is None or d.cache_teacher_logits or d.teacher_logits != "teacher":
         return []
     n, m = int(info.get("num_samples", 0)), len(info.get("modalities", ()))
-    return [CACHE] if fits_in_memory(n, m, info["tasks"], d.cache_memory_mb) else []
+    return [CACHE] if fits_in_memory(n, m, info.get("tasks", {}), d.cache_memory_mb) else []
 
 
 def alone(subsets: dict, metric: str, modalities: list[str]) -> float:
@@ -254,11 +254,12 @@ def run_fit_recipe(
         if not affordable("student", name, i == 0):
             break
         a, run = time.perf_counter(), out / "student" / name
-        sets = [*best_t["overrides"], *sets, *fast]
+        every = [*best_t["overrides"], *sets, *fast]
+        cfg = load_config(preset_path(student_config), [*base, *every])
         with other_out(out):
-            run_distill(load_config(preset_path(student_config), [*base, *sets]), best_t["run"], run, progress=progress)
+            run_distill(cfg, best_t["run"], run, progress=progress)
         longest["student"] = max(longest["student"], time.perf_counter() - a)
-        evaluate("student", name, run, sets, time.perf_counter() - a)
+        evaluate("student", name, run, every, time.perf_counter() - a)
     students = [r for r in rows if r["role"] == "student"]
     chosen = {"teacher": best_t, "student": max(students, key=lambda r: r["score"])}
     for role, config in (("teacher", teacher_config), ("student", student_config)):
