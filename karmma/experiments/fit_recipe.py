@@ -200,9 +200,9 @@ def run_fit_recipe(
     longest = {"teacher": 0.0, "student": 0.0}  # seconds of the longest training of each role
     rows: list[dict[str, Any]] = []
 
-    def affordable(role: str, name: str, first: bool) -> bool:  # the first of each role always runs
+    def affordable(role: str, name: str) -> bool:  # the first of each role (none timed yet) always runs
         left = budget_minutes * 60 - (time.perf_counter() - t0)
-        if not first and left < longest[role]:
+        if longest[role] and left < longest[role]:
             log.warning("fit-recipe: %s %s not tried: %.0f s of the budget left, the longest %s took %.0f s",
                         role, name, left, role, longest[role])  # fmt: skip
             return False
@@ -229,8 +229,8 @@ def run_fit_recipe(
         evaluate("teacher", name, out / "teacher" / name, sets, time.perf_counter() - a)
 
     reference: dict[str, Any] | None = None  # the row every later candidate builds on: base, or image_cnn if kept
-    for i, (name, sets) in enumerate(teacher_cands):
-        if not affordable("teacher", name, i == 0):
+    for name, sets in teacher_cands:
+        if not affordable("teacher", name):
             break
         train(name, [*(reference["overrides"] if reference else []), *sets])  # base's overrides are none
         if name == "base":
@@ -245,13 +245,13 @@ def run_fit_recipe(
     assert reference is not None
     eligible = [r for r in rows if set(reference["overrides"]) <= set(r["overrides"])]
     both = combined(eligible, reference["candidate"])
-    if both is not None and affordable("teacher", "combined", False):
+    if both is not None and affordable("teacher", "combined"):
         train("combined", both)
         eligible.append(rows[-1])
     best_t = max(eligible, key=lambda r: r["score"])
     fast = cache_sets(load_config(preset_path(student_config), [*base, *best_t["overrides"]]), info)
-    for i, (name, sets) in enumerate(STUDENT_CANDIDATES):
-        if not affordable("student", name, i == 0):
+    for name, sets in STUDENT_CANDIDATES:
+        if not affordable("student", name):
             break
         a, run = time.perf_counter(), out / "student" / name
         every = [*best_t["overrides"], *sets, *fast]
